@@ -1,0 +1,82 @@
+//! Admin API messages, shared by the server, the CLI and (later) the console.
+
+use serde::{Deserialize, Serialize, Serializer};
+
+use crate::secret::ApiKey;
+
+/// Largest request line the server reads (an API key is at most 8 KiB).
+pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Request {
+    Status,
+    UserAdd {
+        name: String,
+    },
+    UserList,
+    UserRemove {
+        name: String,
+    },
+    ConnectionList {
+        user: Option<String>,
+    },
+    ConnectionRevoke {
+        id: String,
+    },
+    ApikeySet {
+        service: String,
+        user: String,
+        #[serde(serialize_with = "expose_api_key")]
+        key: ApiKey,
+    },
+    AuditList {
+        after: u64,
+        limit: usize,
+    },
+    AuditVerify,
+}
+
+/// The key crosses the owner-only socket once, from the CLI to the server that seals it.
+fn expose_api_key<S: Serializer>(key: &ApiKey, s: S) -> Result<S::Ok, S::Error> {
+    match std::str::from_utf8(key.expose_secret()) {
+        Ok(text) => s.serialize_str(text),
+        Err(_) => Err(serde::ser::Error::custom("the API key is not UTF-8")),
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Response {
+    pub ok: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl Response {
+    pub fn ok(data: serde_json::Value) -> Self {
+        Self {
+            ok: true,
+            data: Some(data),
+            error: None,
+        }
+    }
+    pub fn err(message: impl Into<String>) -> Self {
+        Self {
+            ok: false,
+            data: None,
+            error: Some(message.into()),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Status {
+    pub version: String,
+    pub data_dir: String,
+    pub listen: String,
+    pub users: usize,
+    pub connections: usize,
+    pub audit_entries: u64,
+}

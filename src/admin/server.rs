@@ -1,0 +1,137 @@
+//! Serves the admin API. Requests run on the blocking pool (redb is synchronous); the
+//! request line is never logged because it can carry an API key.
+
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::watch;
+
+use super::proto::{MAX_REQUEST_BYTES, Request, Response, Status};
+use crate::gateway::{ADMIN, Gateway};
+
+/// Binds the socket, replacing a stale one. The caller holds the data-folder lock, so a
+/// socket file that exists now belongs to a process that is gone.
+pub fn bind(path: &Path) -> std::io::Result<(UnixListener, u32)> {
+    match std::fs::remove_file(path) {
+        Ok(()) => tracing::info!("replaced a stale admin socket left by a stopped server"),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    let listener = UnixListener::bind(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    let owner = std::fs::metadata(path)?.uid();
+    Ok((listener, owner))
+}
+
+pub async fn run(
+    listener: UnixListener,
+    owner_uid: u32,
+    gateway: Arc<Gateway>,
+    status: Arc<dyn Fn() -> Status + Send + Sync>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        let stream = tokio::select! {
+            r = listener.accept() => match r {
+                Ok((s, _)) => s,
+                Err(e) => {
+                    tracing::warn!(error = %e, "admin socket accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = shutdown.changed() => break,
+        };
+        let gateway = gateway.clone();
+        let status = status.clone();
+        tokio::spawn(async move {
+            if let Err(e) = handle(stream, owner_uid, gateway, status).await {
+                tracing::debug!(error = %e, "admin connection ended");
+            }
+        });
+    }
+}
+
+async fn handle(
+    mut stream: UnixStream,
+    owner_uid: u32,
+    gateway: Arc<Gateway>,
+    status: Arc<dyn Fn() -> Status + Send + Sync>,
+) -> std::io::Result<()> {
+    let peer = stream.peer_cred()?;
+    if peer.uid() != owner_uid {
+        tracing::warn!(
+            peer_uid = peer.uid(),
+            "refused an admin connection from another user"
+        );
+        let resp = Response::err(format!("uid {} may not use this admin socket", peer.uid()));
+        return write_response(&mut stream, &resp).await;
+    }
+    let mut line = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(30), async {
+        let mut reader = BufReader::new((&mut stream).take(MAX_REQUEST_BYTES as u64 + 1));
+        reader.read_until(b'\n', &mut line).await
+    })
+    .await;
+    let resp = match read {
+        Err(_) => Response::err("timed out reading the request"),
+        Ok(Err(e)) => return Err(e),
+        Ok(Ok(_)) if line.len() > MAX_REQUEST_BYTES => Response::err("request too large"),
+        Ok(Ok(_)) => match serde_json::from_slice::<Request>(&line) {
+            // The serde message could quote input; keep only its category.
+            Err(e) => Response::err(format!(
+                "malformed request ({:?} at column {})",
+                e.classify(),
+                e.column()
+            )),
+            Ok(req) => {
+                let g = gateway.clone();
+                let st = status.clone();
+                tokio::task::spawn_blocking(move || dispatch(&g, &*st, req))
+                    .await
+                    .unwrap_or_else(|_| Response::err("internal error"))
+            }
+        },
+    };
+    zeroize::Zeroize::zeroize(&mut line);
+    write_response(&mut stream, &resp).await
+}
+
+async fn write_response(stream: &mut UnixStream, resp: &Response) -> std::io::Result<()> {
+    let mut out = serde_json::to_vec(resp).map_err(std::io::Error::other)?;
+    out.push(b'\n');
+    stream.write_all(&out).await?;
+    stream.shutdown().await
+}
+
+fn to_value<T: serde::Serialize>(v: T) -> Response {
+    match serde_json::to_value(v) {
+        Ok(v) => Response::ok(v),
+        Err(e) => Response::err(format!("internal error: {e}")),
+    }
+}
+
+fn dispatch(g: &Gateway, status: &(dyn Fn() -> Status + Send + Sync), req: Request) -> Response {
+    let result = match req {
+        Request::Status => Ok(to_value(status())),
+        Request::UserAdd { name } => g.user_add(&name).map(to_value),
+        Request::UserList => g.users().map(to_value),
+        Request::UserRemove { name } => g
+            .user_remove(&name)
+            .map(|()| Response::ok(serde_json::Value::Null)),
+        Request::ConnectionList { user } => g.connections(user.as_deref()).map(to_value),
+        Request::ConnectionRevoke { id } => g.connection_revoke(&id, ADMIN).map(to_value),
+        Request::ApikeySet { service, user, key } => g.apikey_set(&service, &user, &key).map(|c| {
+            to_value(serde_json::json!({"connection": c.id, "fingerprint": c.secret_fingerprint}))
+        }),
+        Request::AuditList { after, limit } => {
+            g.audit_after(after, limit.min(10_000)).map(to_value)
+        }
+        Request::AuditVerify => g.audit_verify().map(to_value),
+    };
+    result.unwrap_or_else(|e| Response::err(e.to_string()))
+}

@@ -1,0 +1,194 @@
+//! Admin subcommands: thin clients of the admin socket. `audit list|verify` also read a
+//! stopped data folder (or a copy) directly, read-only.
+
+use std::io::{IsTerminal, Read};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+
+use super::{ApikeyCmd, AuditCmd, ConnectionCmd, UserCmd};
+use crate::admin::client::{self, call};
+use crate::admin::proto::Request;
+use crate::datadir::DataDir;
+use crate::gateway::ConnectionView;
+use crate::secret::ApiKey;
+use crate::store::audit::{Entry, Verified};
+use crate::store::{OfflineStore, User};
+
+pub fn user(dir: &DataDir, cmd: UserCmd) -> anyhow::Result<()> {
+    let socket = dir.socket_path();
+    match cmd {
+        UserCmd::Add { name } => {
+            let u: User = call(&socket, &Request::UserAdd { name })?;
+            println!("added user {} ({})", u.name, u.id);
+        }
+        UserCmd::List { json } => {
+            let users: Vec<User> = call(&socket, &Request::UserList)?;
+            if json {
+                println!("{}", serde_json::to_string(&users)?);
+            } else {
+                for u in users {
+                    println!("{}\t{}\t{}", u.name, u.id, rfc3339(u.created));
+                }
+            }
+        }
+        UserCmd::Remove { name } => {
+            call::<serde_json::Value>(&socket, &Request::UserRemove { name: name.clone() })?;
+            println!("removed user {name}");
+        }
+    }
+    Ok(())
+}
+
+pub fn connection(dir: &DataDir, cmd: ConnectionCmd) -> anyhow::Result<()> {
+    let socket = dir.socket_path();
+    match cmd {
+        ConnectionCmd::List { json, user } => {
+            let list: Vec<ConnectionView> = call(&socket, &Request::ConnectionList { user })?;
+            if json {
+                println!("{}", serde_json::to_string(&list)?);
+            } else {
+                println!("ID\tUSER\tSERVICE\tKIND\tSTATUS\tFINGERPRINT\tNOTE");
+                for c in list {
+                    let note = match (&c.status_reason, c.rotation_due) {
+                        (_, true) => "rotation due".to_owned(),
+                        (Some(r), false) => crate::store::audit::escape_untrusted(r),
+                        (None, false) => String::new(),
+                    };
+                    println!(
+                        "{}\t{}\t{}\t{:?}\t{}\t{}\t{}",
+                        c.id,
+                        c.user,
+                        c.service,
+                        c.kind,
+                        c.status.as_str(),
+                        c.secret_fingerprint.as_deref().unwrap_or("-"),
+                        note
+                    );
+                }
+            }
+        }
+        ConnectionCmd::Revoke { id } => {
+            call::<serde_json::Value>(&socket, &Request::ConnectionRevoke { id: id.clone() })?;
+            println!("revoked connection {id}");
+        }
+    }
+    Ok(())
+}
+
+pub fn apikey(dir: &DataDir, cmd: ApikeyCmd) -> anyhow::Result<()> {
+    let ApikeyCmd::Set { service, user } = cmd;
+    let key = read_key()?;
+    let out: serde_json::Value = call(
+        &dir.socket_path(),
+        &Request::ApikeySet {
+            service: service.clone(),
+            user: user.clone(),
+            key,
+        },
+    )?;
+    println!(
+        "stored the API key for {user} on {service} (connection {}, fingerprint {})",
+        out["connection"].as_str().unwrap_or("?"),
+        out["fingerprint"].as_str().unwrap_or("?")
+    );
+    Ok(())
+}
+
+/// The key comes from stdin (never argv); on a terminal it is asked for without echo.
+fn read_key() -> anyhow::Result<ApiKey> {
+    let stdin = std::io::stdin();
+    if stdin.is_terminal() {
+        let k = zeroize::Zeroizing::new(
+            rpassword::prompt_password("API key: ").context("cannot read the key")?,
+        );
+        return Ok(ApiKey::from_input(k.as_bytes().to_vec()));
+    }
+    let mut buf = zeroize::Zeroizing::new(Vec::new());
+    stdin
+        .lock()
+        .take(64 * 1024)
+        .read_to_end(&mut buf)
+        .context("cannot read the key from stdin")?;
+    Ok(ApiKey::from_input(buf.to_vec()))
+}
+
+pub fn audit(dir: &DataDir, cmd: AuditCmd) -> anyhow::Result<()> {
+    match cmd {
+        AuditCmd::Verify => {
+            let v = verify(dir)?;
+            println!(
+                "audit log intact: {} entries, head {}",
+                v.entries, v.head_hash
+            );
+        }
+        AuditCmd::List {
+            json,
+            follow,
+            after,
+        } => {
+            let mut last = after;
+            let mut all = Vec::new();
+            loop {
+                let batch = audit_page(dir, last)?;
+                if let Some(e) = batch.last() {
+                    last = e.seq;
+                }
+                let done = batch.len() < PAGE;
+                for e in batch {
+                    if json && !follow {
+                        all.push(e);
+                    } else if json {
+                        println!("{}", serde_json::to_string(&e)?);
+                    } else {
+                        println!("{}", e.to_line());
+                    }
+                }
+                if done {
+                    if !follow {
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(500));
+                }
+            }
+            if json && !follow {
+                println!("{}", serde_json::to_string(&all)?);
+            }
+        }
+    }
+    Ok(())
+}
+
+const PAGE: usize = 1000;
+
+fn audit_page(dir: &DataDir, after: u64) -> anyhow::Result<Vec<Entry>> {
+    let socket = dir.socket_path();
+    if client::is_running(&socket) {
+        return Ok(call(&socket, &Request::AuditList { after, limit: PAGE })?);
+    }
+    Ok(offline(dir)?.audit_after(after, PAGE)?)
+}
+
+fn verify(dir: &DataDir) -> anyhow::Result<Verified> {
+    let socket = dir.socket_path();
+    if client::is_running(&socket) {
+        return Ok(call(&socket, &Request::AuditVerify)?);
+    }
+    Ok(offline(dir)?.verify_audit()?)
+}
+
+fn offline(dir: &DataDir) -> anyhow::Result<OfflineStore> {
+    let path = dir.store_path();
+    if !path.exists() {
+        bail!(
+            "no store at {} (is this a scopegate data folder?)",
+            path.display()
+        );
+    }
+    OfflineStore::open(&path).with_context(|| format!("cannot open {} read-only", path.display()))
+}
+
+fn rfc3339(t: time::OffsetDateTime) -> String {
+    t.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}

@@ -1,0 +1,216 @@
+//! `serve` and `serve --dev`: unlock, reconcile, run the listeners, drain on a signal.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use tokio::sync::watch;
+
+use crate::admin::proto::Status;
+use crate::config::Config;
+use crate::datadir::{DataDir, DataDirLock};
+use crate::gateway::{Gateway, SYSTEM};
+use crate::passphrase::{self, Purpose};
+use crate::secret::{Passphrase, hex, random_array};
+use crate::store::Store;
+use crate::store::audit::Event;
+use crate::vault::{KdfParams, Vault};
+use crate::web;
+
+pub fn serve(
+    dir: DataDir,
+    config: Option<PathBuf>,
+    listen: Option<SocketAddr>,
+    dev: bool,
+) -> anyhow::Result<()> {
+    if dev {
+        return serve_dev(config, listen);
+    }
+    dir.check_private()?;
+    // First, before anything else is touched: a second `serve` on this folder stops here and
+    // leaves the first one's socket and files alone.
+    let lock = dir.lock()?;
+    let config_path = config.unwrap_or_else(|| dir.config_path());
+    let mut config = Config::load(&config_path)?;
+    if let Some(l) = listen {
+        config.listen = l;
+    }
+    let pass = passphrase::read(Purpose::Unlock)?;
+    let vault = Vault::unlock(&dir.vault_path(), &pass)?;
+    drop(pass);
+    let store = Store::open(&dir.store_path())?;
+    run(dir, lock, config, vault, store)
+}
+
+/// A throwaway instance: a new private temporary folder, a random passphrase (so the KDF's
+/// cost buys nothing and the floor parameters are used), removed again on exit.
+fn serve_dev(config: Option<PathBuf>, listen: Option<SocketAddr>) -> anyhow::Result<()> {
+    let root = std::env::temp_dir().join(format!("scopegate-dev-{}", hex(&random_array::<6>())));
+    let dir = DataDir::new(&root);
+    dir.create()?;
+    let result = (|| {
+        let lock = dir.lock()?;
+        let pass = Passphrase::new(hex(&random_array::<32>()).into_bytes());
+        let vault = Vault::create(&dir.vault_path(), &pass, KdfParams::FLOOR)?;
+        let store = Store::create(&dir.store_path())?;
+        let mut config = match config {
+            Some(p) => Config::load(&p)?,
+            None => Config::parse(DEV_CONFIG, "(built-in dev config)")?,
+        };
+        if let Some(l) = listen {
+            config.listen = l;
+        }
+        store.write(|t| {
+            t.audit(Event::new(
+                SYSTEM,
+                "dev.start",
+                &root.display().to_string(),
+                "ok",
+            ))
+            .map(drop)
+        })?;
+        println!(
+            "scopegate: development mode; data in {} (deleted on exit)",
+            root.display()
+        );
+        println!(
+            "scopegate: admin commands: export SCOPEGATE_DATA_DIR={}",
+            root.display()
+        );
+        println!(
+            "scopegate: try: scopegate user add alice && echo demo-key | scopegate apikey set demo-search --user alice"
+        );
+        run(dir.clone(), lock, config, vault, store)
+    })();
+    let _ = std::fs::remove_dir_all(&root);
+    result
+}
+
+const DEV_CONFIG: &str = r#"
+listen = "127.0.0.1:8080"
+
+[services.demo-search]
+kind = "api_key"
+mcp_url = "http://127.0.0.1:8080/demo/mcp"
+header = "X-API-Key"
+rotate_after_days = 90
+"#;
+
+fn run(
+    dir: DataDir,
+    _lock: DataDirLock,
+    config: Config,
+    vault: Vault,
+    store: Store,
+) -> anyhow::Result<()> {
+    let gateway = Arc::new(Gateway::new(config, vault, store));
+    let report = gateway
+        .reconcile()
+        .context("start-up reconciliation failed")?;
+    if report.orphan_secrets_deleted + report.connections_needing_reauth > 0 {
+        tracing::warn!(
+            orphan_secrets_deleted = report.orphan_secrets_deleted,
+            connections_needing_reauth = report.connections_needing_reauth,
+            "reconciled the vault and the store after an interrupted change"
+        );
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(run_async(dir, gateway))
+}
+
+async fn run_async(dir: DataDir, gateway: Arc<Gateway>) -> anyhow::Result<()> {
+    let limits = gateway.config.limits.clone();
+    let listener = tokio::net::TcpListener::bind(gateway.config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", gateway.config.listen))?;
+    let addr = listener.local_addr()?;
+    let socket = dir.socket_path();
+    let (admin_listener, owner_uid) = crate::admin::server::bind(&socket)
+        .with_context(|| format!("cannot bind the admin socket {}", socket.display()))?;
+    {
+        let g = gateway.clone();
+        let a = addr.to_string();
+        tokio::task::spawn_blocking(move || {
+            g.audit_event(Event::new(SYSTEM, "serve.start", &a, "ok"))
+        })
+        .await??;
+    }
+    let metrics = Arc::new(web::Metrics::default());
+    let state = web::AppState {
+        gateway: gateway.clone(),
+        metrics: metrics.clone(),
+    };
+    let app = web::router(state, &limits);
+    let (tx, rx) = watch::channel(false);
+    let status = {
+        let g = gateway.clone();
+        let d = dir.root().display().to_string();
+        Arc::new(move || {
+            let r = g.store.read().ok();
+            Status {
+                version: env!("CARGO_PKG_VERSION").to_owned(),
+                data_dir: d.clone(),
+                listen: addr.to_string(),
+                users: r
+                    .as_ref()
+                    .and_then(|r| r.users().ok())
+                    .map_or(0, |u| u.len()),
+                connections: r
+                    .as_ref()
+                    .and_then(|r| r.connections().ok())
+                    .map_or(0, |c| c.len()),
+                audit_entries: r
+                    .as_ref()
+                    .and_then(|r| r.verify_audit().ok())
+                    .map_or(0, |v| v.entries),
+            }
+        })
+    };
+    let web_task = tokio::spawn(web::serve(listener, app, limits, metrics, rx.clone()));
+    let admin_task = tokio::spawn(crate::admin::server::run(
+        admin_listener,
+        owner_uid,
+        gateway.clone(),
+        status,
+        rx,
+    ));
+    println!("scopegate: listening on http://{addr}");
+    println!("scopegate: admin socket {}", socket.display());
+    println!("scopegate: ready");
+    let _ = std::io::stdout().flush();
+    tracing::info!(%addr, "serving");
+
+    shutdown_signal().await;
+    tracing::info!("shutting down: draining connections");
+    let _ = tx.send(true);
+    let _ = admin_task.await;
+    let _ = web_task.await;
+    let _ = std::fs::remove_file(&socket);
+    let g = gateway.clone();
+    let _ = tokio::task::spawn_blocking(move || {
+        g.audit_event(Event::new(SYSTEM, "serve.stop", &addr.to_string(), "ok"))
+    })
+    .await;
+    println!("scopegate: stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot watch SIGTERM; stopping on Ctrl-C only");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}

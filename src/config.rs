@@ -1,0 +1,599 @@
+//! `scopegate.toml`: parsed once into `RawConfig` (serde, unknown keys are errors), then
+//! checked into `Config`, with errors that name the file and the key. Holds no secret values:
+//! client secrets are named by `*_env` / `*_file` and read when used.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use url::{Host, Url};
+
+/// A config error, already naming the file; `Display` is the whole message.
+#[derive(Debug, thiserror::Error)]
+#[error("{file}: {message}")]
+pub struct ConfigError {
+    pub file: String,
+    pub message: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    listen: Option<String>,
+    public_url: Option<String>,
+    #[serde(default)]
+    limits: RawLimits,
+    #[serde(default)]
+    providers: BTreeMap<String, RawProvider>,
+    #[serde(default)]
+    services: BTreeMap<String, RawService>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    max_connections: Option<usize>,
+    max_body_bytes: Option<usize>,
+    max_header_bytes: Option<usize>,
+    header_read_timeout_secs: Option<u64>,
+    shutdown_grace_secs: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawProvider {
+    preset: Option<String>,
+    issuer: Option<String>,
+    authorization_endpoint: Option<String>,
+    token_endpoint: Option<String>,
+    revocation_endpoint: Option<String>,
+    client_id: Option<String>,
+    client_secret_env: Option<String>,
+    client_secret_file: Option<PathBuf>,
+    /// Present only so that a pasted secret gets a clear error instead of "unknown field".
+    client_secret: Option<toml::Value>,
+    tenant: Option<String>,
+    dpop: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawService {
+    kind: Option<String>,
+    provider: Option<String>,
+    mcp_url: Option<String>,
+    #[serde(default)]
+    scopes: Vec<String>,
+    resource: Option<String>,
+    #[serde(default)]
+    tools: BTreeMap<String, Vec<String>>,
+    header: Option<String>,
+    rotate_after_days: Option<u32>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub public_url: Url,
+    pub limits: Limits,
+    pub providers: BTreeMap<String, Provider>,
+    pub services: BTreeMap<String, Service>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    pub max_connections: usize,
+    pub max_body_bytes: usize,
+    pub max_header_bytes: usize,
+    pub header_read_timeout_secs: u64,
+    pub shutdown_grace_secs: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_connections: 1024,
+            max_body_bytes: 1024 * 1024,
+            max_header_bytes: 16 * 1024,
+            header_read_timeout_secs: 10,
+            shutdown_grace_secs: 10,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Preset {
+    Google,
+    Github,
+    GithubApp,
+    Slack,
+    Microsoft,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProviderEndpoints {
+    Preset(Preset),
+    /// RFC 8414 metadata, then OIDC discovery, from this issuer.
+    Issuer(Url),
+    Explicit {
+        authorization: Url,
+        token: Url,
+        revocation: Option<Url>,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClientSecretSource {
+    None,
+    Env(String),
+    File(PathBuf),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Provider {
+    pub endpoints: ProviderEndpoints,
+    pub client_id: String,
+    pub client_secret: ClientSecretSource,
+    pub tenant: Option<String>,
+    pub dpop: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ServiceKind {
+    Oauth {
+        provider: String,
+        scopes: Vec<String>,
+        resource: Option<Url>,
+    },
+    ApiKey {
+        header: String,
+        rotate_after_days: Option<u32>,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Service {
+    pub name: String,
+    pub kind: ServiceKind,
+    pub mcp_url: Url,
+    pub tools: BTreeMap<String, Vec<String>>,
+}
+
+impl Service {
+    pub fn is_api_key(&self) -> bool {
+        matches!(self.kind, ServiceKind::ApiKey { .. })
+    }
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: file.clone(),
+            message: format!("cannot read: {e}"),
+        })?;
+        Self::parse(&text, &file)
+    }
+
+    pub fn parse(text: &str, file: &str) -> Result<Self, ConfigError> {
+        let err = |message: String| ConfigError {
+            file: file.to_owned(),
+            message,
+        };
+        let raw: RawConfig = toml::from_str(text).map_err(|e| err(toml_message(&e)))?;
+        check(raw).map_err(err)
+    }
+}
+
+/// toml's message names the key and the line; keep it on one line for stderr.
+fn toml_message(e: &toml::de::Error) -> String {
+    let mut msg = e.message().trim().to_owned();
+    if let Some(span) = e.span() {
+        msg = format!("at byte {}: {msg}", span.start);
+    }
+    msg.replace('\n', " ")
+}
+
+fn check(raw: RawConfig) -> Result<Config, String> {
+    let listen: SocketAddr = raw
+        .listen
+        .as_deref()
+        .unwrap_or("127.0.0.1:8080")
+        .parse()
+        .map_err(|e| format!("listen: not an address:port ({e})"))?;
+    let public_url = match raw.public_url.as_deref() {
+        Some(u) => url_field("public_url", u)?,
+        None => Url::parse(&format!("http://{listen}")).map_err(|e| format!("public_url: {e}"))?,
+    };
+    let d = Limits::default();
+    let l = raw.limits;
+    let limits = Limits {
+        max_connections: positive(
+            "limits.max_connections",
+            l.max_connections,
+            d.max_connections,
+        )?,
+        max_body_bytes: positive("limits.max_body_bytes", l.max_body_bytes, d.max_body_bytes)?,
+        max_header_bytes: positive(
+            "limits.max_header_bytes",
+            l.max_header_bytes,
+            d.max_header_bytes,
+        )?
+        .max(8192),
+        header_read_timeout_secs: positive(
+            "limits.header_read_timeout_secs",
+            l.header_read_timeout_secs,
+            d.header_read_timeout_secs,
+        )?,
+        shutdown_grace_secs: l.shutdown_grace_secs.unwrap_or(d.shutdown_grace_secs),
+    };
+    let mut providers = BTreeMap::new();
+    for (name, p) in raw.providers {
+        check_name("providers", &name)?;
+        providers.insert(name.clone(), check_provider(&name, p)?);
+    }
+    let mut services = BTreeMap::new();
+    for (name, s) in raw.services {
+        check_name("services", &name)?;
+        let svc = check_service(&name, s, &providers)?;
+        services.insert(name, svc);
+    }
+    Ok(Config {
+        listen,
+        public_url,
+        limits,
+        providers,
+        services,
+    })
+}
+
+fn positive<T: PartialOrd + Default + Copy + std::fmt::Display>(
+    key: &str,
+    v: Option<T>,
+    default: T,
+) -> Result<T, String> {
+    match v {
+        Some(v) if v <= T::default() => Err(format!("{key}: must be greater than zero, got {v}")),
+        Some(v) => Ok(v),
+        None => Ok(default),
+    }
+}
+
+/// Names become URL path segments (`/mcp/{service}`) and vault record names.
+fn check_name(section: &str, name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{section}.{name}: names may use only letters, digits, '-' and '_' (at most 64)"
+        ))
+    }
+}
+
+/// `http://` only for loopback hosts; anything else must be https.
+fn url_field(key: &str, value: &str) -> Result<Url, String> {
+    let u = Url::parse(value).map_err(|e| format!("{key}: not a URL ({e})"))?;
+    match u.scheme() {
+        "https" => {}
+        "http" if is_loopback(&u) => {}
+        "http" => {
+            return Err(format!(
+                "{key}: http:// is allowed only for loopback hosts; use https://"
+            ));
+        }
+        other => return Err(format!("{key}: unsupported scheme {other}://")),
+    }
+    if !u.username().is_empty() || u.password().is_some() {
+        return Err(format!("{key}: credentials in URLs are not allowed"));
+    }
+    if u.fragment().is_some() {
+        return Err(format!("{key}: must not have a #fragment"));
+    }
+    Ok(u)
+}
+
+fn is_loopback(u: &Url) -> bool {
+    match u.host() {
+        Some(Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+        Some(Host::Ipv4(ip)) => IpAddr::V4(ip).is_loopback(),
+        Some(Host::Ipv6(ip)) => IpAddr::V6(ip).is_loopback(),
+        None => false,
+    }
+}
+
+fn check_provider(name: &str, p: RawProvider) -> Result<Provider, String> {
+    let key = |k: &str| format!("providers.{name}.{k}");
+    if p.client_secret.is_some() {
+        return Err(format!(
+            "{}: secret values may not be written in the config; use client_secret_env or client_secret_file",
+            key("client_secret")
+        ));
+    }
+    let client_id = p
+        .client_id
+        .filter(|c| !c.is_empty())
+        .ok_or_else(|| format!("{}: missing", key("client_id")))?;
+    let client_secret = match (p.client_secret_env, p.client_secret_file) {
+        (Some(_), Some(_)) => {
+            return Err(format!(
+                "providers.{name}: set client_secret_env or client_secret_file, not both"
+            ));
+        }
+        (Some(env), None) if env.is_empty() => {
+            return Err(format!("{}: empty", key("client_secret_env")));
+        }
+        (Some(env), None) => ClientSecretSource::Env(env),
+        (None, Some(f)) => ClientSecretSource::File(f),
+        (None, None) => ClientSecretSource::None,
+    };
+    let explicit = p.authorization_endpoint.is_some() || p.token_endpoint.is_some();
+    let endpoints = match (p.preset.as_deref(), p.issuer.as_deref(), explicit) {
+        (Some(preset), None, false) => ProviderEndpoints::Preset(match preset {
+            "google" => Preset::Google,
+            "github" => Preset::Github,
+            "github-app" => Preset::GithubApp,
+            "slack" => Preset::Slack,
+            "microsoft" => Preset::Microsoft,
+            other => {
+                return Err(format!(
+                    "{}: unknown preset {other:?} (google, github, github-app, slack, microsoft)",
+                    key("preset")
+                ));
+            }
+        }),
+        (None, Some(issuer), false) => {
+            ProviderEndpoints::Issuer(url_field(&key("issuer"), issuer)?)
+        }
+        (None, None, true) => ProviderEndpoints::Explicit {
+            authorization: url_field(
+                &key("authorization_endpoint"),
+                p.authorization_endpoint
+                    .as_deref()
+                    .ok_or_else(|| format!("{}: missing", key("authorization_endpoint")))?,
+            )?,
+            token: url_field(
+                &key("token_endpoint"),
+                p.token_endpoint
+                    .as_deref()
+                    .ok_or_else(|| format!("{}: missing", key("token_endpoint")))?,
+            )?,
+            revocation: p
+                .revocation_endpoint
+                .as_deref()
+                .map(|u| url_field(&key("revocation_endpoint"), u))
+                .transpose()?,
+        },
+        (None, None, false) => {
+            return Err(format!(
+                "providers.{name}: set one of preset, issuer, or authorization_endpoint + token_endpoint"
+            ));
+        }
+        _ => {
+            return Err(format!(
+                "providers.{name}: preset, issuer and explicit endpoints are mutually exclusive"
+            ));
+        }
+    };
+    if p.tenant.is_some() && endpoints != ProviderEndpoints::Preset(Preset::Microsoft) {
+        return Err(format!(
+            "{}: only the microsoft preset takes a tenant",
+            key("tenant")
+        ));
+    }
+    Ok(Provider {
+        endpoints,
+        client_id,
+        client_secret,
+        tenant: p.tenant,
+        dpop: p.dpop.unwrap_or(false),
+    })
+}
+
+fn check_service(
+    name: &str,
+    s: RawService,
+    providers: &BTreeMap<String, Provider>,
+) -> Result<Service, String> {
+    let key = |k: &str| format!("services.{name}.{k}");
+    let mcp_url = url_field(
+        &key("mcp_url"),
+        s.mcp_url
+            .as_deref()
+            .ok_or_else(|| format!("{}: missing", key("mcp_url")))?,
+    )?;
+    let kind = match s.kind.as_deref().unwrap_or("oauth") {
+        "oauth" => {
+            if s.header.is_some() || s.rotate_after_days.is_some() {
+                return Err(format!(
+                    "services.{name}: header and rotate_after_days apply only to kind = \"api_key\""
+                ));
+            }
+            let provider = s.provider.ok_or_else(|| {
+                format!("{}: missing (or set kind = \"api_key\")", key("provider"))
+            })?;
+            let p = providers.get(&provider).ok_or_else(|| {
+                format!(
+                    "{}: no provider named {provider:?} in [providers]",
+                    key("provider")
+                )
+            })?;
+            let resource = s
+                .resource
+                .as_deref()
+                .map(|r| url_field(&key("resource"), r))
+                .transpose()?;
+            if resource.is_some() && p.endpoints == ProviderEndpoints::Preset(Preset::Microsoft) {
+                // Entra v2 rejects `resource` together with `scope` (AADSTS9010010).
+                return Err(format!(
+                    "{}: Microsoft Entra rejects the RFC 8707 resource parameter",
+                    key("resource")
+                ));
+            }
+            ServiceKind::Oauth {
+                provider,
+                scopes: s.scopes,
+                resource,
+            }
+        }
+        "api_key" => {
+            if s.provider.is_some() || s.resource.is_some() || !s.scopes.is_empty() {
+                return Err(format!(
+                    "services.{name}: provider, scopes and resource do not apply to kind = \"api_key\""
+                ));
+            }
+            let header = s.header.unwrap_or_else(|| "Authorization".to_owned());
+            let valid = !header.is_empty()
+                && header
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+            if !valid {
+                return Err(format!("{}: not a valid HTTP header name", key("header")));
+            }
+            if s.rotate_after_days == Some(0) {
+                return Err(format!("{}: must be at least 1", key("rotate_after_days")));
+            }
+            ServiceKind::ApiKey {
+                header,
+                rotate_after_days: s.rotate_after_days,
+            }
+        }
+        other => {
+            return Err(format!(
+                "{}: unknown kind {other:?} (oauth, api_key)",
+                key("kind")
+            ));
+        }
+    };
+    Ok(Service {
+        name: name.to_owned(),
+        kind,
+        mcp_url,
+        tools: s.tools,
+    })
+}
+
+/// The starter config written by `scopegate init`.
+pub const STARTER: &str = r#"# Scopegate configuration. Secret values never go in this file: name them with
+# client_secret_env / client_secret_file. Unknown keys are errors.
+
+listen     = "127.0.0.1:8080"
+public_url = "http://127.0.0.1:8080"   # redirect URIs are built from this, nothing else
+
+# [limits]
+# max_connections          = 1024
+# max_body_bytes           = 1048576
+# max_header_bytes         = 16384
+# header_read_timeout_secs = 10
+# shutdown_grace_secs      = 10
+
+# [providers.google]
+# preset            = "google"          # google | github | github-app | slack | microsoft
+# client_id         = "1234.apps.googleusercontent.com"
+# client_secret_env = "GOOGLE_CLIENT_SECRET"
+
+# [providers.corp]                      # any OAuth 2.0 / OIDC server
+# issuer            = "https://id.example.com"
+# client_id         = "scopegate"
+# client_secret_file = "/run/credentials/scopegate.service/corp_secret"
+
+# [services.drive]
+# provider = "google"
+# mcp_url  = "https://drive-mcp.example.com/mcp"
+# scopes   = ["https://www.googleapis.com/auth/drive.readonly"]
+
+# [services.search]                     # a service that only takes API keys
+# kind     = "api_key"
+# mcp_url  = "https://search-mcp.example.com/mcp"
+# header   = "X-API-Key"                # default: Authorization: Bearer <key>
+# rotate_after_days = 90
+"#;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(text: &str) -> String {
+        Config::parse(text, "t.toml").unwrap_err().to_string()
+    }
+
+    #[test]
+    fn starter_and_design_examples_parse() {
+        let c = Config::parse(STARTER, "starter").unwrap();
+        assert_eq!(c.listen.port(), 8080);
+        let c = Config::parse(
+            r#"
+            [providers.corp]
+            issuer = "https://id.example.com"
+            client_id = "scopegate"
+            client_secret_env = "CORP_CLIENT_SECRET"
+            [services.files]
+            provider = "corp"
+            mcp_url = "http://127.0.0.1:9500/mcp"
+            scopes = ["files.read"]
+            resource = "http://127.0.0.1:9500/mcp"
+            [services.files.tools]
+            read_file = ["files.read"]
+            [services.search]
+            kind = "api_key"
+            mcp_url = "https://search-mcp.example.com/mcp"
+            header = "X-API-Key"
+            rotate_after_days = 90
+            "#,
+            "t.toml",
+        )
+        .unwrap();
+        assert!(c.services["search"].is_api_key());
+        assert_eq!(c.services["files"].tools["read_file"], vec!["files.read"]);
+    }
+
+    #[test]
+    fn errors_name_the_file_and_key() {
+        let e = err("listen = \"127.0.0.1:1\"\nbogus = 1\n");
+        assert!(e.starts_with("t.toml: ") && e.contains("bogus"), "{e}");
+        let e = err("[services.x]\nkind = \"api_key\"\nmcp_url = \"http://example.com/mcp\"\n");
+        assert!(
+            e.contains("services.x.mcp_url") && e.contains("loopback"),
+            "{e}"
+        );
+        let e = err(
+            "[providers.p]\npreset = \"google\"\nclient_id = \"a\"\nclient_secret = \"hunter2\"\n",
+        );
+        assert!(
+            e.contains("client_secret_env") && !e.contains("hunter2"),
+            "{e}"
+        );
+        let e = err("[services.x]\nprovider = \"nope\"\nmcp_url = \"https://a.example/mcp\"\n");
+        assert!(e.contains("services.x.provider"), "{e}");
+        let e =
+            err("[services.\"a/b\"]\nkind = \"api_key\"\nmcp_url = \"https://a.example/mcp\"\n");
+        assert!(e.contains("letters, digits"), "{e}");
+        let e = err("[limits]\nmax_connections = 0\n");
+        assert!(e.contains("limits.max_connections"), "{e}");
+    }
+
+    #[test]
+    fn http_is_accepted_for_loopback_only() {
+        for ok in [
+            "http://127.0.0.1:9/mcp",
+            "http://localhost/mcp",
+            "http://[::1]:9/",
+            "https://x.example/",
+        ] {
+            assert!(url_field("k", ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "http://10.0.0.1/",
+            "http://example.com/",
+            "ftp://127.0.0.1/",
+            "https://u:p@x.example/",
+        ] {
+            assert!(url_field("k", bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,44 @@
+//! redb conventions shared by the vault and the store: every write transaction commits with
+//! `Durability::Immediate` and two-phase commit, and redb's many error types flatten into one.
+//! Never holds a transaction across an `.await` (the callers are synchronous).
+
+use redb::{Database, Durability, WriteTransaction};
+
+/// redb's default page cache is 1 GiB; capping it keeps memory flat as the files grow.
+pub const CACHE_BYTES: usize = 64 * 1024 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+#[error("storage error: {0}")]
+pub struct StorageError(#[from] pub redb::Error);
+
+pub fn storage<E: Into<redb::Error>>(e: E) -> StorageError {
+    StorageError(e.into())
+}
+
+/// A write transaction that is durable when `commit` returns. Two-phase commit because the
+/// checksums of redb's one-phase commit are not cryptographic and token values come from
+/// outside (redb docs, `set_two_phase_commit`).
+pub fn begin_durable(db: &Database) -> Result<WriteTransaction, StorageError> {
+    let mut txn = db.begin_write().map_err(storage)?;
+    txn.set_durability(Durability::Immediate).map_err(storage)?;
+    txn.set_two_phase_commit(true);
+    Ok(txn)
+}
+
+pub fn builder() -> redb::Builder {
+    let mut b = redb::Builder::new();
+    b.set_cache_size(CACHE_BYTES);
+    b
+}
+
+/// Creates `path` with mode 0600 (failing if it exists), so the file is private from its
+/// first byte rather than after a chmod.
+pub fn create_private_file(path: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map(drop)
+}

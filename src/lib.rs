@@ -1,0 +1,14 @@
+//! Scopegate: a self-hosted MCP OAuth gateway. Agents call tools on people's accounts through
+//! it without ever holding those people's credentials.
+
+pub mod admin;
+pub mod cli;
+pub mod config;
+pub mod datadir;
+pub mod durable;
+pub mod gateway;
+pub mod passphrase;
+pub mod secret;
+pub mod store;
+pub mod vault;
+pub mod web;

@@ -1,0 +1,397 @@
+//! The application store, `scopegate.redb`: users, agents, profiles, connections (metadata
+//! only), pending authorizations and the audit log. Never holds a secret, not even sealed.
+//!
+//! Every change goes through `Store::write`, whose closure must append the audit entry for
+//! what it did; the entry commits in the same transaction, so an action that cannot be
+//! audited does not happen (I7).
+
+pub mod audit;
+pub mod records;
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use redb::{
+    Database, ReadOnlyDatabase, ReadTransaction, ReadableDatabase, ReadableTable, TableDefinition,
+    WriteTransaction,
+};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use time::OffsetDateTime;
+
+use crate::durable::{StorageError, begin_durable, storage};
+use audit::{ChainError, Entry, Event, Verified};
+pub use records::*;
+
+const USERS: TableDefinition<&str, &[u8]> = TableDefinition::new("users");
+const USER_NAMES: TableDefinition<&str, &str> = TableDefinition::new("user_names");
+const AGENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("agents");
+const PROFILES: TableDefinition<&str, &[u8]> = TableDefinition::new("profiles");
+const CONNECTIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("connections");
+const PENDING: TableDefinition<&str, &[u8]> = TableDefinition::new("pending_authorizations");
+const AUDIT: TableDefinition<u64, &[u8]> = TableDefinition::new("audit");
+const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+const AUDIT_HEAD: &str = "audit_head";
+const SCHEMA: &str = "schema";
+const SCHEMA_VERSION: &[u8] = b"1";
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    #[error("the application store is in use by another scopegate process")]
+    InUse,
+    #[error("record {table}/{key} is unreadable: {reason}")]
+    Corrupt {
+        table: &'static str,
+        key: String,
+        reason: String,
+    },
+    #[error("the audit log cannot be written ({0}); the action was not carried out")]
+    AuditUnavailable(String),
+    #[error(transparent)]
+    Chain(#[from] ChainError),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("cannot create {path}: {source}")]
+    Create {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn st<E: Into<redb::Error>>(e: E) -> StoreError {
+    StoreError::Storage(storage(e))
+}
+
+pub struct Store {
+    db: Database,
+    audit_fault: AtomicBool,
+}
+
+impl Store {
+    pub fn create(path: &Path) -> Result<Self, StoreError> {
+        crate::durable::create_private_file(path).map_err(|source| StoreError::Create {
+            path: path.to_owned(),
+            source,
+        })?;
+        let db = crate::durable::builder().create(path).map_err(st)?;
+        let store = Self {
+            db,
+            audit_fault: AtomicBool::new(false),
+        };
+        let txn = begin_durable(&store.db)?;
+        {
+            create_tables(&txn)?;
+            let mut meta = txn.open_table(META).map_err(st)?;
+            meta.insert(SCHEMA, SCHEMA_VERSION).map_err(st)?;
+        }
+        txn.commit().map_err(st)?;
+        Ok(store)
+    }
+
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let db = match crate::durable::builder().open(path) {
+            Ok(db) => db,
+            Err(redb::DatabaseError::DatabaseAlreadyOpen) => return Err(StoreError::InUse),
+            Err(e) => return Err(st(e)),
+        };
+        let store = Self {
+            db,
+            audit_fault: AtomicBool::new(false),
+        };
+        let txn = begin_durable(&store.db)?;
+        create_tables(&txn)?;
+        txn.commit().map_err(st)?;
+        Ok(store)
+    }
+
+    /// Makes every later audit append fail, as a full disk or a damaged table would. For the
+    /// fail-closed tests (I7); nothing in the product calls it.
+    #[doc(hidden)]
+    pub fn dangerous_inject_audit_failure(&self, fail: bool) {
+        self.audit_fault.store(fail, Ordering::SeqCst);
+    }
+
+    /// Runs `f` in one durable write transaction. `f` must record what it did with
+    /// `Txn::audit`; if it does not, or the append fails, nothing is committed.
+    pub fn write<T>(
+        &self,
+        f: impl FnOnce(&mut Txn<'_>) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let txn = begin_durable(&self.db)?;
+        let mut t = Txn {
+            txn: &txn,
+            audited: false,
+            audit_fault: self.audit_fault.load(Ordering::SeqCst),
+            now: OffsetDateTime::now_utc(),
+        };
+        let out = f(&mut t)?;
+        if !t.audited {
+            return Err(StoreError::AuditUnavailable(
+                "no audit entry was recorded".into(),
+            ));
+        }
+        txn.commit().map_err(st)?;
+        Ok(out)
+    }
+
+    pub fn read(&self) -> Result<Reader, StoreError> {
+        Ok(Reader(self.db.begin_read().map_err(st)?))
+    }
+}
+
+fn create_tables(txn: &WriteTransaction) -> Result<(), StoreError> {
+    txn.open_table(USERS).map_err(st)?;
+    txn.open_table(USER_NAMES).map_err(st)?;
+    txn.open_table(AGENTS).map_err(st)?;
+    txn.open_table(PROFILES).map_err(st)?;
+    txn.open_table(CONNECTIONS).map_err(st)?;
+    txn.open_table(PENDING).map_err(st)?;
+    txn.open_table(AUDIT).map_err(st)?;
+    txn.open_table(META).map_err(st)?;
+    Ok(())
+}
+
+fn encode<T: Serialize>(v: &T) -> Vec<u8> {
+    #[allow(clippy::expect_used)] // invariant: records are plain structs that always serialize.
+    serde_json::to_vec(v).expect("record serializes")
+}
+
+fn decode<T: DeserializeOwned>(
+    table: &'static str,
+    key: &str,
+    raw: &[u8],
+) -> Result<T, StoreError> {
+    serde_json::from_slice(raw).map_err(|e| StoreError::Corrupt {
+        table,
+        key: key.to_owned(),
+        reason: e.to_string(),
+    })
+}
+
+/// A write transaction in progress.
+pub struct Txn<'a> {
+    txn: &'a WriteTransaction,
+    audited: bool,
+    audit_fault: bool,
+    pub now: OffsetDateTime,
+}
+
+impl Txn<'_> {
+    /// Appends one entry to the hash chain, in this transaction.
+    pub fn audit(&mut self, event: Event) -> Result<Entry, StoreError> {
+        if self.audit_fault {
+            return Err(StoreError::AuditUnavailable("injected failure".into()));
+        }
+        let fail = |e: redb::Error| StoreError::AuditUnavailable(e.to_string());
+        let mut meta = self.txn.open_table(META).map_err(|e| fail(e.into()))?;
+        let (seq, prev) = match meta.get(AUDIT_HEAD).map_err(|e| fail(e.into()))? {
+            Some(v) => parse_head(v.value())?,
+            None => (0, audit::GENESIS.to_owned()),
+        };
+        let entry = Entry::chain(seq + 1, self.now, &event, &prev);
+        let mut table = self.txn.open_table(AUDIT).map_err(|e| fail(e.into()))?;
+        table
+            .insert(entry.seq, encode(&entry).as_slice())
+            .map_err(|e| fail(e.into()))?;
+        meta.insert(AUDIT_HEAD, encode(&(entry.seq, &entry.hash)).as_slice())
+            .map_err(|e| fail(e.into()))?;
+        self.audited = true;
+        Ok(entry)
+    }
+
+    pub fn user_by_name(&self, name: &str) -> Result<Option<User>, StoreError> {
+        let names = self.txn.open_table(USER_NAMES).map_err(st)?;
+        let Some(id) = names.get(name).map_err(st)? else {
+            return Ok(None);
+        };
+        let id = id.value().to_owned();
+        let users = self.txn.open_table(USERS).map_err(st)?;
+        match users.get(id.as_str()).map_err(st)? {
+            Some(v) => decode("users", &id, v.value()).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    pub fn insert_user(&mut self, user: &User) -> Result<(), StoreError> {
+        let mut names = self.txn.open_table(USER_NAMES).map_err(st)?;
+        if names.get(user.name.as_str()).map_err(st)?.is_some() {
+            return Err(StoreError::Conflict(format!(
+                "user {} already exists",
+                user.name
+            )));
+        }
+        names
+            .insert(user.name.as_str(), user.id.as_str())
+            .map_err(st)?;
+        let mut users = self.txn.open_table(USERS).map_err(st)?;
+        users
+            .insert(user.id.as_str(), encode(user).as_slice())
+            .map_err(st)?;
+        Ok(())
+    }
+
+    pub fn remove_user(&mut self, user: &User) -> Result<(), StoreError> {
+        self.txn
+            .open_table(USER_NAMES)
+            .map_err(st)?
+            .remove(user.name.as_str())
+            .map_err(st)?;
+        self.txn
+            .open_table(USERS)
+            .map_err(st)?
+            .remove(user.id.as_str())
+            .map_err(st)?;
+        Ok(())
+    }
+
+    pub fn connection(&self, id: &str) -> Result<Option<Connection>, StoreError> {
+        let t = self.txn.open_table(CONNECTIONS).map_err(st)?;
+        match t.get(id).map_err(st)? {
+            Some(v) => decode("connections", id, v.value()).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    pub fn connections(&self) -> Result<Vec<Connection>, StoreError> {
+        let t = self.txn.open_table(CONNECTIONS).map_err(st)?;
+        collect(&t, "connections")
+    }
+
+    pub fn put_connection(&mut self, c: &Connection) -> Result<(), StoreError> {
+        let mut t = self.txn.open_table(CONNECTIONS).map_err(st)?;
+        t.insert(c.id.as_str(), encode(c).as_slice()).map_err(st)?;
+        Ok(())
+    }
+}
+
+fn parse_head(raw: &[u8]) -> Result<(u64, String), StoreError> {
+    serde_json::from_slice(raw)
+        .map_err(|e| StoreError::AuditUnavailable(format!("audit head unreadable: {e}")))
+}
+
+fn collect<T: DeserializeOwned>(
+    t: &impl ReadableTable<&'static str, &'static [u8]>,
+    name: &'static str,
+) -> Result<Vec<T>, StoreError> {
+    let mut out = Vec::new();
+    for e in t.iter().map_err(st)? {
+        let (k, v) = e.map_err(st)?;
+        out.push(decode(name, k.value(), v.value())?);
+    }
+    Ok(out)
+}
+
+/// A consistent snapshot for reads.
+pub struct Reader(ReadTransaction);
+
+impl Reader {
+    pub fn users(&self) -> Result<Vec<User>, StoreError> {
+        let t = self.0.open_table(USERS).map_err(st)?;
+        let mut users: Vec<User> = collect(&t, "users")?;
+        users.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(users)
+    }
+
+    pub fn connections(&self) -> Result<Vec<Connection>, StoreError> {
+        let t = self.0.open_table(CONNECTIONS).map_err(st)?;
+        let mut c: Vec<Connection> = collect(&t, "connections")?;
+        c.sort_by(|a, b| a.created.cmp(&b.created).then_with(|| a.id.cmp(&b.id)));
+        Ok(c)
+    }
+
+    pub fn audit_after(&self, after: u64, limit: usize) -> Result<Vec<Entry>, StoreError> {
+        audit_after(&self.0, after, limit)
+    }
+
+    pub fn verify_audit(&self) -> Result<Verified, StoreError> {
+        verify(&self.0)
+    }
+}
+
+fn audit_after(txn: &ReadTransaction, after: u64, limit: usize) -> Result<Vec<Entry>, StoreError> {
+    let t = txn.open_table(AUDIT).map_err(st)?;
+    let mut out = Vec::new();
+    for e in t.range(after.saturating_add(1)..).map_err(st)?.take(limit) {
+        let (k, v) = e.map_err(st)?;
+        out.push(decode("audit", &k.value().to_string(), v.value())?);
+    }
+    Ok(out)
+}
+
+fn verify(txn: &ReadTransaction) -> Result<Verified, StoreError> {
+    let meta = txn.open_table(META).map_err(st)?;
+    let head = match meta.get(AUDIT_HEAD).map_err(st)? {
+        Some(v) => Some(parse_head(v.value()).map_err(|_| ChainError::HeadMismatch { seq: 0 })?),
+        None => None,
+    };
+    let t = txn.open_table(AUDIT).map_err(st)?;
+    let mut rows = Vec::new();
+    for e in t.iter().map_err(st)? {
+        let (k, v) = e.map_err(st)?;
+        rows.push((k.value(), v.value().to_vec()));
+    }
+    Ok(audit::verify_chain(rows, head)?)
+}
+
+/// Read-only access to a stopped data folder (or a copy), for `audit list|verify` without a
+/// server. Writes nothing.
+pub struct OfflineStore(ReadOnlyDatabase);
+
+impl OfflineStore {
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        match ReadOnlyDatabase::open(path) {
+            Ok(db) => Ok(Self(db)),
+            Err(redb::DatabaseError::DatabaseAlreadyOpen) => Err(StoreError::InUse),
+            Err(e) => Err(st(e)),
+        }
+    }
+
+    pub fn audit_after(&self, after: u64, limit: usize) -> Result<Vec<Entry>, StoreError> {
+        audit_after(&self.0.begin_read().map_err(st)?, after, limit)
+    }
+
+    pub fn verify_audit(&self) -> Result<Verified, StoreError> {
+        verify(&self.0.begin_read().map_err(st)?)
+    }
+
+    pub fn connections(&self) -> Result<Vec<Connection>, StoreError> {
+        Reader(self.0.begin_read().map_err(st)?).connections()
+    }
+}
+
+#[doc(hidden)]
+pub mod testing {
+    //! Tamper helpers for tests of `audit verify`: they edit a copy of a store file the way an
+    //! attacker with file access would.
+    use super::*;
+
+    pub fn rewrite_audit(
+        path: &Path,
+        f: impl FnOnce(&mut Vec<(u64, Vec<u8>)>),
+    ) -> Result<(), StoreError> {
+        let db = Database::open(path).map_err(st)?;
+        let txn = begin_durable(&db)?;
+        {
+            let mut t = txn.open_table(AUDIT).map_err(st)?;
+            let mut rows = Vec::new();
+            for e in t.iter().map_err(st)? {
+                let (k, v) = e.map_err(st)?;
+                rows.push((k.value(), v.value().to_vec()));
+            }
+            for (k, _) in &rows {
+                t.remove(*k).map_err(st)?;
+            }
+            f(&mut rows);
+            for (k, v) in &rows {
+                t.insert(*k, v.as_slice()).map_err(st)?;
+            }
+        }
+        txn.commit().map_err(st)?;
+        Ok(())
+    }
+}

@@ -1,0 +1,119 @@
+//! The typed records of `scopegate.redb`. Metadata only: nothing here is secret, not even
+//! ciphertext (sealed values live in the vault, reached through `Connection::secret_record`).
+
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct User {
+    pub id: String,
+    pub name: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created: OffsetDateTime,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ConnectionKind {
+    Oauth,
+    ApiKey,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ConnectionStatus {
+    Active,
+    Refreshing,
+    NeedsReauth,
+    Revoked,
+}
+
+impl ConnectionStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Active => "active",
+            Self::Refreshing => "refreshing",
+            Self::NeedsReauth => "needs_reauth",
+            Self::Revoked => "revoked",
+        }
+    }
+
+    /// Whether this connection may still hold sealed values in the vault.
+    pub fn holds_secrets(self) -> bool {
+        matches!(self, Self::Active | Self::Refreshing)
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Connection {
+    pub id: String,
+    pub user_id: String,
+    pub service: String,
+    pub kind: ConnectionKind,
+    pub status: ConnectionStatus,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status_reason: Option<String>,
+    /// The vault record holding this connection's sealed values. A new record per key or
+    /// token set, so a replaced value is swapped in by one store commit (see `gateway`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_record: Option<String>,
+    /// Keyed fingerprint of the current secret (`Vault::fingerprint`), never the value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_fingerprint: Option<String>,
+    #[serde(default)]
+    pub scopes: Vec<String>,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    pub updated: OffsetDateTime,
+    /// When the current secret was stored (API-key rotation policy).
+    #[serde(with = "time::serde::rfc3339::option", default)]
+    pub secret_set_at: Option<OffsetDateTime>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Agent {
+    pub id: String,
+    pub user_id: String,
+    pub name: String,
+    pub profile: Option<String>,
+    /// SHA-256 of the agent token, hex; the token itself is shown once and never stored.
+    pub token_hash: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339::option", default)]
+    pub revoked: Option<OffsetDateTime>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ProfileRule {
+    pub service: String,
+    /// Tool-name globs; empty means every tool of the service.
+    #[serde(default)]
+    pub tools: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Profile {
+    pub id: String,
+    pub name: String,
+    pub rules: Vec<ProfileRule>,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created: OffsetDateTime,
+}
+
+/// An OAuth authorization in progress, keyed by the SHA-256 of its `state`. The PKCE
+/// verifier is not here: it is sealed in the vault under `verifier_record`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PendingAuthorization {
+    pub state_hash: String,
+    pub user_id: String,
+    pub service: String,
+    pub browser_session_hash: String,
+    pub verifier_record: String,
+    pub issuer: Option<String>,
+    pub scopes: Vec<String>,
+    pub redirect_uri: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub expires: OffsetDateTime,
+}

@@ -1,0 +1,299 @@
+//! The vault: sealed secret values in `secrets.redb`. Never logs, prints or returns a
+//! plaintext except through `Vault::get`, and never writes one unencrypted (I4).
+//!
+//! Layout: table `vault_header` holds one record, the KDF parameters, salt and the data key
+//! (DEK) wrapped under the passphrase-derived key (KEK). Table `secrets` maps
+//! `(record, field)` to `seal::seal` output whose associated data names the table, record and
+//! field (I1). `rekey` rewrites only the header, in one durable transaction.
+
+pub mod kdf;
+pub mod seal;
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+use chacha20poly1305::{KeyInit, XChaCha20Poly1305};
+use hmac::{Hmac, Mac};
+use redb::{Database, ReadOnlyDatabase, ReadableDatabase, ReadableTable, TableDefinition};
+use sha2::Sha256;
+use zeroize::Zeroizing;
+
+use crate::durable::{StorageError, begin_durable, storage};
+use crate::secret::{Passphrase, SecretBytes, hex, random_array};
+pub use kdf::{KdfError, KdfParams};
+pub use seal::{Location, OpenError};
+
+const HEADER_TABLE: TableDefinition<&str, &[u8]> = TableDefinition::new("vault_header");
+const HEADER_KEY: &str = "header";
+const SECRETS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("secrets");
+const SECRETS_TABLE_NAME: &str = "secrets";
+
+#[derive(Debug, thiserror::Error)]
+pub enum UnlockError {
+    #[error("no vault at {0} (run `scopegate init` first)")]
+    NotFound(PathBuf),
+    #[error("wrong passphrase")]
+    WrongPassphrase,
+    #[error("the vault is in use by another scopegate process")]
+    InUse,
+    #[error("vault header is unreadable: {0}")]
+    Header(#[from] seal::HeaderError),
+    #[error(transparent)]
+    Kdf(#[from] KdfError),
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum VaultError {
+    #[error("a vault already exists at {0}; refusing to overwrite it")]
+    Exists(PathBuf),
+    #[error("secret {record}/{field} does not open: {source}")]
+    Open {
+        record: String,
+        field: String,
+        #[source]
+        source: OpenError,
+    },
+    #[error(transparent)]
+    Kdf(#[from] KdfError),
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    #[error("cannot create {path}: {source}")]
+    Create {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// An unlocked vault. Code that needs secrets takes `&Vault`, so nothing can read them while
+/// the vault is sealed.
+pub struct Vault {
+    db: Database,
+    /// The data key (zeroized on drop); `cipher` holds a copy that it zeroizes itself.
+    dek: Zeroizing<[u8; 32]>,
+    cipher: XChaCha20Poly1305,
+    fingerprint_key: Zeroizing<[u8; 32]>,
+    path: PathBuf,
+}
+
+impl std::fmt::Debug for Vault {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Vault")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Vault {
+    /// Creates a new vault file with a fresh random 256-bit data key. Refuses an existing file.
+    pub fn create(
+        path: &Path,
+        passphrase: &Passphrase,
+        params: KdfParams,
+    ) -> Result<Self, VaultError> {
+        if path.exists() {
+            return Err(VaultError::Exists(path.to_owned()));
+        }
+        crate::durable::create_private_file(path).map_err(|source| VaultError::Create {
+            path: path.to_owned(),
+            source,
+        })?;
+        let dek = Zeroizing::new(random_array::<32>());
+        let header = seal::wrap_header(passphrase, params, &dek)?;
+        let db = crate::durable::builder().create(path).map_err(storage)?;
+        let txn = begin_durable(&db)?;
+        {
+            let mut t = txn.open_table(HEADER_TABLE).map_err(storage)?;
+            t.insert(HEADER_KEY, header.as_slice()).map_err(storage)?;
+            txn.open_table(SECRETS).map_err(storage)?;
+        }
+        txn.commit().map_err(storage)?;
+        Ok(Self::from_parts(db, &dek, path))
+    }
+
+    /// Checks the passphrase against the header and opens the vault for writing.
+    ///
+    /// The check runs on a read-only open, so a wrong passphrase writes nothing to the file
+    /// (I2). Only a file left unclean by a crash is opened for writing first, because redb
+    /// must repair it before it can be read.
+    pub fn unlock(path: &Path, passphrase: &Passphrase) -> Result<Self, UnlockError> {
+        if !path.exists() {
+            return Err(UnlockError::NotFound(path.to_owned()));
+        }
+        let mut writable = None;
+        let header = match ReadOnlyDatabase::open(path) {
+            Ok(ro) => read_header(&ro)?,
+            Err(redb::DatabaseError::DatabaseAlreadyOpen) => return Err(UnlockError::InUse),
+            Err(redb::DatabaseError::RepairAborted) => {
+                let db = open_writable(path)?;
+                let header = read_header(&db)?;
+                writable = Some(db);
+                header
+            }
+            Err(e) => return Err(storage(e).into()),
+        };
+        let dek = seal::unwrap_header(&header, passphrase)?;
+        let db = match writable {
+            Some(db) => db,
+            None => open_writable(path)?,
+        };
+        // The header could only differ if another process rekeyed between the two opens.
+        if read_header(&db)? != header {
+            return Err(UnlockError::InUse);
+        }
+        Ok(Self::from_parts(db, &dek, path))
+    }
+
+    fn from_parts(db: Database, dek: &[u8; 32], path: &Path) -> Self {
+        // Separate key for fingerprints so an HMAC output never relates to the sealing key.
+        let mut mac = <Hmac<Sha256> as hmac::KeyInit>::new_from_slice(dek).expect_hmac();
+        mac.update(b"scopegate/v1/fingerprint-key");
+        let fingerprint_key = Zeroizing::new(<[u8; 32]>::from(mac.finalize().into_bytes()));
+        Self {
+            db,
+            dek: Zeroizing::new(*dek),
+            cipher: XChaCha20Poly1305::new(&(*dek).into()),
+            fingerprint_key,
+            path: path.to_owned(),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Seals and stores one value; durable when this returns.
+    pub fn put(&self, record: &str, field: &str, plaintext: &[u8]) -> Result<(), VaultError> {
+        let sealed = seal::seal(&self.cipher, &location(record, field), plaintext);
+        let txn = begin_durable(&self.db)?;
+        {
+            let mut t = txn.open_table(SECRETS).map_err(storage)?;
+            t.insert((record, field), sealed.as_slice())
+                .map_err(storage)?;
+        }
+        txn.commit().map_err(storage)?;
+        Ok(())
+    }
+
+    pub fn get(&self, record: &str, field: &str) -> Result<Option<SecretBytes>, VaultError> {
+        let txn = self.db.begin_read().map_err(storage)?;
+        let t = txn.open_table(SECRETS).map_err(storage)?;
+        let Some(sealed) = t.get((record, field)).map_err(storage)? else {
+            return Ok(None);
+        };
+        seal::open(&self.cipher, &location(record, field), sealed.value())
+            .map(Some)
+            .map_err(|source| VaultError::Open {
+                record: record.to_owned(),
+                field: field.to_owned(),
+                source,
+            })
+    }
+
+    /// Removes every field of `record`; durable when this returns. Returns whether any existed.
+    pub fn delete_record(&self, record: &str) -> Result<bool, VaultError> {
+        let txn = begin_durable(&self.db)?;
+        let removed;
+        {
+            let mut t = txn.open_table(SECRETS).map_err(storage)?;
+            let fields: Vec<String> = t
+                .range((record, "")..)
+                .map_err(storage)?
+                .map_while(|e| {
+                    let (k, _) = e.ok()?;
+                    let (r, f) = k.value();
+                    (r == record).then(|| f.to_owned())
+                })
+                .collect();
+            for f in &fields {
+                t.remove((record, f.as_str())).map_err(storage)?;
+            }
+            removed = !fields.is_empty();
+        }
+        txn.commit().map_err(storage)?;
+        Ok(removed)
+    }
+
+    /// The distinct record names that hold at least one value (for start-up reconciliation).
+    pub fn records(&self) -> Result<BTreeSet<String>, VaultError> {
+        let txn = self.db.begin_read().map_err(storage)?;
+        let t = txn.open_table(SECRETS).map_err(storage)?;
+        let mut out = BTreeSet::new();
+        for e in t.iter().map_err(storage)? {
+            let (k, _) = e.map_err(storage)?;
+            out.insert(k.value().0.to_owned());
+        }
+        Ok(out)
+    }
+
+    /// Re-wraps the data key under a new passphrase. One durable redb transaction replaces
+    /// the header, so a crash at any point leaves exactly one of the two passphrases working
+    /// and every sealed value untouched.
+    pub fn rekey(&self, new_passphrase: &Passphrase, params: KdfParams) -> Result<(), VaultError> {
+        let header = seal::wrap_header(new_passphrase, params, &self.dek)?;
+        let txn = begin_durable(&self.db)?;
+        {
+            let mut t = txn.open_table(HEADER_TABLE).map_err(storage)?;
+            t.insert(HEADER_KEY, header.as_slice()).map_err(storage)?;
+        }
+        txn.commit().map_err(storage)?;
+        Ok(())
+    }
+
+    /// A keyed fingerprint of a secret value, for audit entries and the console: stable for
+    /// one vault, useless for guessing the value without the data key (DESIGN "audit log").
+    pub fn fingerprint(&self, value: &[u8]) -> String {
+        let mut mac =
+            <Hmac<Sha256> as hmac::KeyInit>::new_from_slice(self.fingerprint_key.as_slice())
+                .expect_hmac();
+        mac.update(value);
+        let tag = mac.finalize().into_bytes();
+        format!("hmac:{}", hex(&tag[..8]))
+    }
+
+    /// The KDF parameters currently in the header.
+    pub fn kdf_params(&self) -> Result<KdfParams, UnlockError> {
+        let header = read_header(&self.db)?;
+        Ok(seal::parse_header(&header)?.params)
+    }
+}
+
+fn location<'a>(record: &'a str, field: &'a str) -> Location<'a> {
+    Location {
+        table: SECRETS_TABLE_NAME,
+        record,
+        field,
+    }
+}
+
+fn open_writable(path: &Path) -> Result<Database, UnlockError> {
+    match crate::durable::builder().open(path) {
+        Ok(db) => Ok(db),
+        Err(redb::DatabaseError::DatabaseAlreadyOpen) => Err(UnlockError::InUse),
+        Err(e) => Err(storage(e).into()),
+    }
+}
+
+fn read_header(db: &impl ReadableDatabase) -> Result<Vec<u8>, UnlockError> {
+    let txn = db.begin_read().map_err(storage)?;
+    let t = txn
+        .open_table(HEADER_TABLE)
+        .map_err(|_| seal::HeaderError::Missing)?;
+    let v = t
+        .get(HEADER_KEY)
+        .map_err(storage)?
+        .ok_or(seal::HeaderError::Missing)?;
+    Ok(v.value().to_vec())
+}
+
+trait ExpectHmac<T> {
+    fn expect_hmac(self) -> T;
+}
+impl<T, E: std::fmt::Debug> ExpectHmac<T> for Result<T, E> {
+    fn expect_hmac(self) -> T {
+        #[allow(clippy::expect_used)] // invariant: HMAC-SHA256 accepts keys of any length.
+        self.expect("HMAC accepts any key length")
+    }
+}

@@ -1,0 +1,189 @@
+//! The public HTTP listener: routes and the limits every listener needs. No business logic
+//! here; handlers call into `gateway`.
+//!
+//! Limits (DESIGN "Limits and hygiene"): a header-read timeout (hyper enforces it only when
+//! given a `Timer`), a header size limit (431), a request body limit (413, checked against
+//! Content-Length before the body is read and against streamed bodies as they arrive), a cap
+//! on concurrent connections, and a graceful drain on shutdown with a deadline.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use tokio::net::TcpListener;
+use tokio::sync::{Semaphore, watch};
+use tower_http::limit::RequestBodyLimitLayer;
+
+use crate::config::Limits;
+use crate::gateway::Gateway;
+use crate::store::ConnectionStatus;
+
+#[derive(Debug, Default)]
+pub struct Metrics {
+    pub http_requests: AtomicU64,
+    pub open_connections: AtomicU64,
+    pub rejected_connections: AtomicU64,
+}
+
+#[derive(Clone)]
+pub struct AppState {
+    pub gateway: Arc<Gateway>,
+    pub metrics: Arc<Metrics>,
+}
+
+pub fn router(state: AppState, limits: &Limits) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            count_requests,
+        ))
+        .layer(RequestBodyLimitLayer::new(limits.max_body_bytes))
+        .with_state(state)
+}
+
+async fn count_requests(
+    State(s): State<AppState>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    s.metrics.http_requests.fetch_add(1, Ordering::Relaxed);
+    next.run(req).await
+}
+
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+async fn metrics(State(s): State<AppState>) -> Response {
+    let g = s.gateway.clone();
+    let snapshot = tokio::task::spawn_blocking(move || -> Result<_, crate::store::StoreError> {
+        let r = g.store.read()?;
+        let conns = r.connections()?;
+        let users = r.users()?.len();
+        let head = r.verify_audit().map(|v| v.entries).unwrap_or(0);
+        Ok((conns, users, head))
+    })
+    .await;
+    let (conns, users, audit_entries) = match snapshot {
+        Ok(Ok(v)) => v,
+        _ => return (StatusCode::INTERNAL_SERVER_ERROR, "metrics unavailable\n").into_response(),
+    };
+    let mut out = String::new();
+    out.push_str("# HELP scopegate_up Whether the gateway is serving.\n# TYPE scopegate_up gauge\nscopegate_up 1\n");
+    out.push_str(&format!(
+        "# HELP scopegate_build_info Build information.\n# TYPE scopegate_build_info gauge\nscopegate_build_info{{version=\"{}\"}} 1\n",
+        env!("CARGO_PKG_VERSION")
+    ));
+    out.push_str(
+        "# HELP scopegate_connections Connections by status.\n# TYPE scopegate_connections gauge\n",
+    );
+    for status in [
+        ConnectionStatus::Active,
+        ConnectionStatus::Refreshing,
+        ConnectionStatus::NeedsReauth,
+        ConnectionStatus::Revoked,
+    ] {
+        let n = conns.iter().filter(|c| c.status == status).count();
+        out.push_str(&format!(
+            "scopegate_connections{{status=\"{}\"}} {n}\n",
+            status.as_str()
+        ));
+    }
+    out.push_str(&format!(
+        "# HELP scopegate_users Users.\n# TYPE scopegate_users gauge\nscopegate_users {users}\n"
+    ));
+    out.push_str(&format!(
+        "# HELP scopegate_audit_entries Entries in the audit log.\n# TYPE scopegate_audit_entries gauge\nscopegate_audit_entries {audit_entries}\n"
+    ));
+    let m = &s.metrics;
+    out.push_str(&format!(
+        "# HELP scopegate_http_requests_total HTTP requests received.\n# TYPE scopegate_http_requests_total counter\nscopegate_http_requests_total {}\n",
+        m.http_requests.load(Ordering::Relaxed)
+    ));
+    out.push_str(&format!(
+        "# HELP scopegate_http_open_connections Open client connections.\n# TYPE scopegate_http_open_connections gauge\nscopegate_http_open_connections {}\n",
+        m.open_connections.load(Ordering::Relaxed)
+    ));
+    let mut resp = out.into_response();
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    resp
+}
+
+/// Accepts connections until `shutdown` flips, then drains them for up to the grace period.
+pub async fn serve(
+    listener: TcpListener,
+    app: Router,
+    limits: Limits,
+    metrics: Arc<Metrics>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let graceful = GracefulShutdown::new();
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(limits.header_read_timeout_secs))
+        .max_buf_size(limits.max_header_bytes);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
+    loop {
+        // At the cap, wait for a slot before accepting: excess clients queue in the kernel's
+        // backlog instead of consuming memory here.
+        let permit = tokio::select! {
+            p = slots.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+            _ = shutdown.changed() => break,
+        };
+        let stream = tokio::select! {
+            r = listener.accept() => match r {
+                Ok((s, _)) => s,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    metrics.rejected_connections.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = shutdown.changed() => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let conn = builder
+            .serve_connection_with_upgrades(
+                TokioIo::new(stream),
+                TowerToHyperService::new(app.clone()),
+            )
+            .into_owned();
+        let conn = graceful.watch(conn);
+        let m = metrics.clone();
+        m.open_connections.fetch_add(1, Ordering::Relaxed);
+        tokio::spawn(async move {
+            let _ = conn.await;
+            m.open_connections.fetch_sub(1, Ordering::Relaxed);
+            drop(permit);
+        });
+    }
+    drop(listener);
+    tokio::select! {
+        () = graceful.shutdown() => tracing::info!("all connections drained"),
+        () = tokio::time::sleep(Duration::from_secs(limits.shutdown_grace_secs)) => {
+            tracing::warn!("drain deadline passed; closing remaining connections");
+        }
+    }
+}
