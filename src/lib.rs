@@ -6,6 +6,8 @@ pub mod cli;
 pub mod config;
 pub mod datadir;
 pub mod durable;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod gateway;
 pub mod passphrase;
 pub mod secret;

@@ -177,6 +177,21 @@ impl Vault {
         Ok(())
     }
 
+    /// Seals and stores many values in one durable commit (one fsync for the batch).
+    pub fn put_many(&self, items: &[(&str, &str, &[u8])]) -> Result<(), VaultError> {
+        let txn = begin_durable(&self.db)?;
+        {
+            let mut t = txn.open_table(SECRETS).map_err(storage)?;
+            for (record, field, plaintext) in items {
+                let sealed = seal::seal(&self.cipher, &location(record, field), plaintext);
+                t.insert((*record, *field), sealed.as_slice())
+                    .map_err(storage)?;
+            }
+        }
+        txn.commit().map_err(storage)?;
+        Ok(())
+    }
+
     pub fn get(&self, record: &str, field: &str) -> Result<Option<SecretBytes>, VaultError> {
         let txn = self.db.begin_read().map_err(storage)?;
         let t = txn.open_table(SECRETS).map_err(storage)?;
@@ -295,5 +310,42 @@ impl<T, E: std::fmt::Debug> ExpectHmac<T> for Result<T, E> {
     fn expect_hmac(self) -> T {
         #[allow(clippy::expect_used)] // invariant: HMAC-SHA256 accepts keys of any length.
         self.expect("HMAC accepts any key length")
+    }
+}
+
+/// Raw access to sealed bytes, for tests that tamper with the file as an attacker would.
+#[doc(hidden)]
+impl Vault {
+    pub fn dangerous_raw(&self, record: &str, field: &str) -> Result<Option<Vec<u8>>, VaultError> {
+        let txn = self.db.begin_read().map_err(storage)?;
+        let t = txn.open_table(SECRETS).map_err(storage)?;
+        Ok(t.get((record, field))
+            .map_err(storage)?
+            .map(|v| v.value().to_vec()))
+    }
+
+    pub fn dangerous_put_raw(
+        &self,
+        record: &str,
+        field: &str,
+        sealed: &[u8],
+    ) -> Result<(), VaultError> {
+        let txn = begin_durable(&self.db)?;
+        {
+            let mut t = txn.open_table(SECRETS).map_err(storage)?;
+            t.insert((record, field), sealed).map_err(storage)?;
+        }
+        txn.commit().map_err(storage)?;
+        Ok(())
+    }
+
+    pub fn dangerous_all_sealed(&self) -> Result<Vec<Vec<u8>>, VaultError> {
+        let txn = self.db.begin_read().map_err(storage)?;
+        let t = txn.open_table(SECRETS).map_err(storage)?;
+        let mut out = Vec::new();
+        for e in t.iter().map_err(storage)? {
+            out.push(e.map_err(storage)?.1.value().to_vec());
+        }
+        Ok(out)
     }
 }

@@ -53,7 +53,11 @@ pub fn call<T: DeserializeOwned>(socket: &Path, req: &Request) -> Result<T, Clie
         serde_json::to_vec(req).map_err(|e| ClientError::Protocol(e.to_string()))?,
     );
     line.push(b'\n');
-    stream.write_all(&line)?;
+    // A server that refuses this peer answers without reading; its answer still explains.
+    match stream.write_all(&line) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {}
+        other => other?,
+    }
     let mut reader = BufReader::new(stream);
     let mut resp = String::new();
     reader.read_line(&mut resp)?;

@@ -45,6 +45,23 @@ fn expose_api_key<S: Serializer>(key: &ApiKey, s: S) -> Result<S::Ok, S::Error> 
     }
 }
 
+impl Request {
+    /// The operation's name, for logs (never its arguments).
+    pub fn op(&self) -> &'static str {
+        match self {
+            Self::Status => "status",
+            Self::UserAdd { .. } => "user_add",
+            Self::UserList => "user_list",
+            Self::UserRemove { .. } => "user_remove",
+            Self::ConnectionList { .. } => "connection_list",
+            Self::ConnectionRevoke { .. } => "connection_revoke",
+            Self::ApikeySet { .. } => "apikey_set",
+            Self::AuditList { .. } => "audit_list",
+            Self::AuditVerify => "audit_verify",
+        }
+    }
+}
+
 #[derive(Debug, Serialize, Deserialize)]
 pub struct Response {
     pub ok: bool,

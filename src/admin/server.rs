@@ -116,6 +116,19 @@ fn to_value<T: serde::Serialize>(v: T) -> Response {
 }
 
 fn dispatch(g: &Gateway, status: &(dyn Fn() -> Status + Send + Sync), req: Request) -> Response {
+    let op = req.op();
+    let started = std::time::Instant::now();
+    let resp = run_request(g, status, req);
+    let micros = started.elapsed().as_micros() as u64;
+    match &resp.error {
+        None => tracing::info!(op, micros, "admin request ok"),
+        // Error texts are built to carry no secret values (tests grep for planted ones).
+        Some(e) => tracing::info!(op, micros, error = %e, "admin request failed"),
+    }
+    resp
+}
+
+fn run_request(g: &Gateway, status: &(dyn Fn() -> Status + Send + Sync), req: Request) -> Response {
     let result = match req {
         Request::Status => Ok(to_value(status())),
         Request::UserAdd { name } => g.user_add(&name).map(to_value),

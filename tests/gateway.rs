@@ -1,0 +1,280 @@
+//! Gateway operations in-process: write ordering, reconciliation, fail-closed audit (I7),
+//! audit chain tampering (I6).
+#![allow(clippy::unwrap_used)]
+
+use scopegate::config::Config;
+use scopegate::gateway::Gateway;
+use scopegate::secret::{ApiKey, Passphrase};
+use scopegate::store::audit::ChainError;
+use scopegate::store::{ConnectionStatus, OfflineStore, Store, StoreError};
+use scopegate::vault::{KdfParams, Vault};
+
+const CONFIG: &str = r#"
+[services.search]
+kind = "api_key"
+mcp_url = "https://search.example/mcp"
+rotate_after_days = 1
+"#;
+
+struct Fixture {
+    _t: tempfile::TempDir,
+    dir: std::path::PathBuf,
+    g: Gateway,
+}
+
+fn fixture() -> Fixture {
+    let t = tempfile::tempdir().unwrap();
+    let dir = t.path().to_owned();
+    let vault = Vault::create(
+        &dir.join("secrets.redb"),
+        &Passphrase::new(b"pw for tests".to_vec()),
+        KdfParams::FLOOR,
+    )
+    .unwrap();
+    let store = Store::create(&dir.join("scopegate.redb")).unwrap();
+    let g = Gateway::new(Config::parse(CONFIG, "t").unwrap(), vault, store);
+    Fixture { _t: t, dir, g }
+}
+
+fn key(s: &str) -> ApiKey {
+    ApiKey::new(s.as_bytes().to_vec())
+}
+
+#[test]
+fn apikey_set_rotate_and_revoke() {
+    let f = fixture();
+    f.g.user_add("alice").unwrap();
+    let c1 = f.g.apikey_set("search", "alice", &key("key-one")).unwrap();
+    let r1 = c1.secret_record.clone().unwrap();
+    assert_eq!(
+        f.g.vault
+            .get(&r1, "api_key")
+            .unwrap()
+            .unwrap()
+            .expose_secret(),
+        b"key-one"
+    );
+
+    // Rotation keeps the connection, swaps the record, deletes the old one.
+    let c2 = f.g.apikey_set("search", "alice", &key("key-two")).unwrap();
+    assert_eq!(c1.id, c2.id);
+    let r2 = c2.secret_record.clone().unwrap();
+    assert_ne!(r1, r2);
+    assert!(f.g.vault.get(&r1, "api_key").unwrap().is_none());
+    assert_eq!(
+        f.g.vault
+            .get(&r2, "api_key")
+            .unwrap()
+            .unwrap()
+            .expose_secret(),
+        b"key-two"
+    );
+    assert_ne!(c1.secret_fingerprint, c2.secret_fingerprint);
+
+    let revoked = f.g.connection_revoke(&c2.id, "admin").unwrap();
+    assert_eq!(revoked.status, ConnectionStatus::Revoked);
+    assert!(f.g.vault.records().unwrap().is_empty());
+    assert!(
+        f.g.connection_revoke(&c2.id, "admin")
+            .unwrap_err()
+            .to_string()
+            .contains("already revoked")
+    );
+
+    let actions: Vec<String> =
+        f.g.audit_after(0, 100)
+            .unwrap()
+            .into_iter()
+            .map(|e| e.action)
+            .collect();
+    assert_eq!(
+        actions,
+        [
+            "user.add",
+            "apikey.set",
+            "apikey.rotate",
+            "connection.revoke"
+        ]
+    );
+    assert_eq!(f.g.audit_verify().unwrap().entries, 4);
+}
+
+#[test]
+fn bad_input_is_refused_and_changes_nothing() {
+    let f = fixture();
+    f.g.user_add("alice").unwrap();
+    assert!(
+        f.g.user_add("alice")
+            .unwrap_err()
+            .to_string()
+            .contains("already exists")
+    );
+    assert!(f.g.user_add("bad name\n").is_err());
+    for (svc, user, k) in [
+        ("nope", "alice", "k"),
+        ("search", "bob", "k"),
+        ("search", "alice", ""),
+        ("search", "alice", "has space"),
+        ("search", "alice", "ctl\u{1b}[2J"),
+    ] {
+        let err = f.g.apikey_set(svc, user, &key(k)).unwrap_err().to_string();
+        assert!(
+            !k.is_empty() && !err.contains(k) || k.is_empty(),
+            "error repeats the key: {err}"
+        );
+    }
+    assert!(f.g.vault.records().unwrap().is_empty());
+    assert!(f.g.connections(None).unwrap().is_empty());
+    assert_eq!(f.g.audit_verify().unwrap().entries, 1);
+}
+
+/// I7: when the audit entry cannot be written, the action does not happen.
+#[test]
+fn i7_actions_fail_closed_when_the_audit_log_is_unwritable() {
+    let f = fixture();
+    f.g.user_add("alice").unwrap();
+    let c = f.g.apikey_set("search", "alice", &key("original")).unwrap();
+    f.g.store.dangerous_inject_audit_failure(true);
+
+    let err =
+        f.g.apikey_set("search", "alice", &key("replacement"))
+            .unwrap_err()
+            .to_string();
+    assert!(
+        err.contains("audit log cannot be written") && err.contains("not carried out"),
+        "{err}"
+    );
+    let err = f.g.user_add("bob").unwrap_err().to_string();
+    assert!(err.contains("audit log cannot be written"), "{err}");
+    assert!(f.g.connection_revoke(&c.id, "admin").is_err());
+
+    // Nothing changed: one sealed record, still the original key, still active, no bob.
+    let records = f.g.vault.records().unwrap();
+    assert_eq!(records.len(), 1);
+    let rec = records.iter().next().unwrap();
+    assert_eq!(
+        f.g.vault
+            .get(rec, "api_key")
+            .unwrap()
+            .unwrap()
+            .expose_secret(),
+        b"original"
+    );
+    let conns = f.g.connections(None).unwrap();
+    assert_eq!(conns.len(), 1);
+    assert_eq!(conns[0].status, ConnectionStatus::Active);
+    assert_eq!(f.g.users().unwrap().len(), 1);
+
+    f.g.store.dangerous_inject_audit_failure(false);
+    f.g.user_add("bob").unwrap();
+    assert_eq!(f.g.audit_verify().unwrap().entries, 3);
+}
+
+#[test]
+fn an_unaudited_write_does_not_commit() {
+    let f = fixture();
+    let err = f.g.store.write(|_t| Ok(())).unwrap_err();
+    assert!(matches!(err, StoreError::AuditUnavailable(_)));
+}
+
+#[test]
+fn reconcile_deletes_orphans_and_flags_lost_secrets() {
+    let f = fixture();
+    f.g.user_add("alice").unwrap();
+    f.g.user_add("bob").unwrap();
+    let a = f.g.apikey_set("search", "alice", &key("a-key")).unwrap();
+    let b = f.g.apikey_set("search", "bob", &key("b-key")).unwrap();
+    // As if a crash hit between the vault write and the store commit of a third set...
+    f.g.vault
+        .put("secret/orphan", "api_key", b"never referenced")
+        .unwrap();
+    // ...and as if bob's sealed record was lost.
+    f.g.vault
+        .delete_record(b.secret_record.as_ref().unwrap())
+        .unwrap();
+
+    let report = f.g.reconcile().unwrap();
+    assert_eq!(report.orphan_secrets_deleted, 1);
+    assert_eq!(report.connections_needing_reauth, 1);
+    assert!(f.g.vault.get("secret/orphan", "api_key").unwrap().is_none());
+    let conns = f.g.connections(None).unwrap();
+    let status = |id: &str| conns.iter().find(|c| c.id == id).unwrap().status;
+    assert_eq!(status(&a.id), ConnectionStatus::Active);
+    assert_eq!(status(&b.id), ConnectionStatus::NeedsReauth);
+    assert_eq!(f.g.reconcile().unwrap(), Default::default());
+}
+
+#[test]
+fn rotation_due_is_reported() {
+    let f = fixture();
+    f.g.user_add("alice").unwrap();
+    f.g.apikey_set("search", "alice", &key("k")).unwrap();
+    assert!(!f.g.connections(None).unwrap()[0].rotation_due);
+}
+
+/// I6: editing, deleting or swapping one entry in a copy of the store makes verification
+/// fail and name the entry.
+#[test]
+fn i6_tampering_with_a_copy_is_detected_and_named() {
+    let f = fixture();
+    for name in ["u1", "u2", "u3", "u4", "u5"] {
+        f.g.user_add(name).unwrap();
+    }
+    let Fixture { _t, dir, g } = f;
+    drop(g);
+    let original = dir.join("scopegate.redb");
+    let cases: Vec<(&str, Box<dyn FnOnce(&mut Vec<(u64, Vec<u8>)>)>, ChainError)> = vec![
+        (
+            "edit",
+            Box::new(|rows| {
+                let text = String::from_utf8(rows[2].1.clone())
+                    .unwrap()
+                    .replace("u3", "zz");
+                rows[2].1 = text.into_bytes();
+            }),
+            ChainError::Edited { seq: 3 },
+        ),
+        (
+            "delete",
+            Box::new(|rows| drop(rows.remove(1))),
+            ChainError::Gap {
+                expected: 2,
+                found: 3,
+            },
+        ),
+        (
+            "swap",
+            Box::new(|rows| {
+                let b = rows[3].1.clone();
+                rows[3].1 = rows[2].1.clone();
+                rows[2].1 = b;
+            }),
+            ChainError::Misplaced { key: 3, seq: 4 },
+        ),
+        (
+            "truncate",
+            Box::new(|rows| drop(rows.pop())),
+            ChainError::Truncated {
+                expected: 5,
+                found: 4,
+            },
+        ),
+    ];
+    for (name, tamper, want) in cases {
+        let copy = dir.join(format!("copy-{name}.redb"));
+        std::fs::copy(&original, &copy).unwrap();
+        assert_eq!(
+            OfflineStore::open(&copy)
+                .unwrap()
+                .verify_audit()
+                .unwrap()
+                .entries,
+            5
+        );
+        scopegate::store::testing::rewrite_audit(&copy, tamper).unwrap();
+        match OfflineStore::open(&copy).unwrap().verify_audit() {
+            Err(StoreError::Chain(e)) => assert_eq!(e, want, "{name}"),
+            other => panic!("{name}: {other:?}"),
+        }
+    }
+}
