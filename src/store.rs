@@ -338,29 +338,47 @@ fn verify(txn: &ReadTransaction) -> Result<Verified, StoreError> {
     Ok(audit::verify_chain(rows, head)?)
 }
 
-/// Read-only access to a stopped data folder (or a copy), for `audit list|verify` without a
-/// server. Writes nothing.
-pub struct OfflineStore(ReadOnlyDatabase);
+/// Access to a stopped data folder (or a copy) without a server, for `audit list|verify`.
+/// Read-only, except that a file left unclean by a crash is first repaired by redb's own
+/// recovery (a read-only open cannot repair it).
+pub struct OfflineStore(OfflineDb);
+
+enum OfflineDb {
+    ReadOnly(ReadOnlyDatabase),
+    Repaired(Database),
+}
 
 impl OfflineStore {
     pub fn open(path: &Path) -> Result<Self, StoreError> {
         match ReadOnlyDatabase::open(path) {
-            Ok(db) => Ok(Self(db)),
+            Ok(db) => Ok(Self(OfflineDb::ReadOnly(db))),
             Err(redb::DatabaseError::DatabaseAlreadyOpen) => Err(StoreError::InUse),
+            Err(redb::DatabaseError::RepairAborted) => match crate::durable::builder().open(path) {
+                Ok(db) => Ok(Self(OfflineDb::Repaired(db))),
+                Err(redb::DatabaseError::DatabaseAlreadyOpen) => Err(StoreError::InUse),
+                Err(e) => Err(st(e)),
+            },
             Err(e) => Err(st(e)),
         }
     }
 
+    fn txn(&self) -> Result<ReadTransaction, StoreError> {
+        match &self.0 {
+            OfflineDb::ReadOnly(db) => db.begin_read().map_err(st),
+            OfflineDb::Repaired(db) => db.begin_read().map_err(st),
+        }
+    }
+
     pub fn audit_after(&self, after: u64, limit: usize) -> Result<Vec<Entry>, StoreError> {
-        audit_after(&self.0.begin_read().map_err(st)?, after, limit)
+        audit_after(&self.txn()?, after, limit)
     }
 
     pub fn verify_audit(&self) -> Result<Verified, StoreError> {
-        verify(&self.0.begin_read().map_err(st)?)
+        verify(&self.txn()?)
     }
 
     pub fn connections(&self) -> Result<Vec<Connection>, StoreError> {
-        Reader(self.0.begin_read().map_err(st)?).connections()
+        Reader(self.txn()?).connections()
     }
 }
 
