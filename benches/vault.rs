@@ -18,13 +18,19 @@ fn main() {
         .split(',')
         .filter_map(|s| s.trim().parse().ok())
         .collect();
-    let base = std::env::var_os("SCOPEGATE_BENCH_DIR").map(std::path::PathBuf::from).unwrap_or_else(std::env::temp_dir);
+    let base = std::env::var_os("SCOPEGATE_BENCH_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(std::env::temp_dir);
     let tmp = tempfile::tempdir_in(base).expect("temp dir");
     let token = vec![0x5au8; 2048];
 
     // seal + open of one 2 KB token, in memory.
     let cipher = XChaCha20Poly1305::new(&[7u8; 32].into());
-    let loc = seal::Location { table: "secrets", record: "secret/bench", field: "access_token" };
+    let loc = seal::Location {
+        table: "secrets",
+        record: "secret/bench",
+        field: "access_token",
+    };
     let n = 20_000;
     let t = Instant::now();
     for _ in 0..n {
@@ -32,15 +38,26 @@ fn main() {
         let p = seal::open(&cipher, &loc, &s).expect("opens");
         std::hint::black_box(p);
     }
-    println!("seal+open 2 KB token: {} ns per pair ({n} pairs)", t.elapsed().as_nanos() / n as u128);
+    println!(
+        "seal+open 2 KB token: {} ns per pair ({n} pairs)",
+        t.elapsed().as_nanos() / n as u128
+    );
 
     for &count in &counts {
         let path = tmp.path().join(format!("secrets-{count}.redb"));
-        let v = Vault::create(&path, &Passphrase::new(b"benchmark passphrase".to_vec()), KdfParams::FLOOR).expect("create");
+        let v = Vault::create(
+            &path,
+            &Passphrase::new(b"benchmark passphrase".to_vec()),
+            KdfParams::FLOOR,
+        )
+        .expect("create");
         let names: Vec<String> = (0..count).map(|i| format!("secret/{i:08}")).collect();
         let t = Instant::now();
         for chunk in names.chunks(10_000) {
-            let items: Vec<(&str, &str, &[u8])> = chunk.iter().map(|n| (n.as_str(), "access_token", &token[..])).collect();
+            let items: Vec<(&str, &str, &[u8])> = chunk
+                .iter()
+                .map(|n| (n.as_str(), "access_token", &token[..]))
+                .collect();
             v.put_many(&items).expect("put");
         }
         let fill = t.elapsed();
@@ -58,7 +75,8 @@ fn main() {
             std::hint::black_box(got);
         }
         lat.sort();
-        let pct = |p: f64| lat[((lat.len() as f64 * p) as usize).min(lat.len() - 1)].as_secs_f64() * 1e6;
+        let pct =
+            |p: f64| lat[((lat.len() as f64 * p) as usize).min(lat.len() - 1)].as_secs_f64() * 1e6;
         let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
         println!(
             "vault get at {count} records (2 KB each): p50 {:.1} µs, p99 {:.1} µs; fill {:.1} s; file {:.1} MiB ({:.0} B/record); RSS {} MiB",
@@ -85,14 +103,21 @@ fn main() {
         })
         .collect();
     times.sort();
-    println!("unlock with default Argon2id (m=64 MiB, t=3, p=4): median {:.0} ms (5 runs)", times[2].as_secs_f64() * 1e3);
+    println!(
+        "unlock with default Argon2id (m=64 MiB, t=3, p=4): median {:.0} ms (5 runs)",
+        times[2].as_secs_f64() * 1e3
+    );
     println!("peak RSS: {} MiB", peak_rss_mib());
 }
 
 fn status_field(name: &str) -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with(name)).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with(name))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
         .unwrap_or(0)
 }
 fn rss_mib() -> u64 {

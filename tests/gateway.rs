@@ -223,7 +223,8 @@ fn i6_tampering_with_a_copy_is_detected_and_named() {
     let Fixture { _t, dir, g } = f;
     drop(g);
     let original = dir.join("scopegate.redb");
-    let cases: Vec<(&str, Box<dyn FnOnce(&mut Vec<(u64, Vec<u8>)>)>, ChainError)> = vec![
+    type Tamper = Box<dyn FnOnce(&mut Vec<scopegate::store::audit::Row>)>;
+    let cases: Vec<(&str, Tamper, ChainError)> = vec![
         (
             "edit",
             Box::new(|rows| {

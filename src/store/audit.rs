@@ -182,10 +182,13 @@ pub struct Verified {
     pub head_hash: String,
 }
 
+/// A stored audit row: its key and its raw JSON.
+pub type Row = (u64, Vec<u8>);
+
 /// Walks `(key, raw entry)` pairs in key order and checks the chain against the stored head.
 pub fn verify_chain<I>(entries: I, head: Option<(u64, String)>) -> Result<Verified, ChainError>
 where
-    I: IntoIterator<Item = (u64, Vec<u8>)>,
+    I: IntoIterator<Item = Row>,
 {
     let mut prev_hash = GENESIS.to_owned();
     let mut expected = 1u64;
@@ -236,7 +239,7 @@ where
 mod tests {
     use super::*;
 
-    fn chain(n: u64) -> (Vec<(u64, Vec<u8>)>, (u64, String)) {
+    fn chain(n: u64) -> (Vec<Row>, (u64, String)) {
         let mut prev = GENESIS.to_owned();
         let mut out = Vec::new();
         for seq in 1..=n {
