@@ -138,6 +138,19 @@ impl DataDir {
         Ok(())
     }
 
+    /// A config file outside the folder (`--config`) gets the same check as the one inside:
+    /// whoever can write it can redirect tokens.
+    pub fn check_config(path: &Path) -> Result<(), DataDirError> {
+        let m = std::fs::metadata(path).map_err(io(path))?;
+        check_mode(
+            path,
+            "the config file",
+            m.permissions().mode(),
+            0o022,
+            0o600,
+        )
+    }
+
     /// Takes the folder's exclusive lock without waiting: a second `serve` (or `rekey` while
     /// serving) fails fast and touches nothing of the first's.
     pub fn lock(&self) -> Result<DataDirLock, DataDirError> {

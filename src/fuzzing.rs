@@ -35,3 +35,14 @@ pub fn config(data: &[u8]) {
         assert!(msg.starts_with("fuzz.toml: "));
     }
 }
+
+/// The OAuth callback parser: the raw query string of `/oauth/callback`.
+pub fn callback(data: &[u8]) {
+    if let Ok(q) = std::str::from_utf8(data)
+        && let Ok(c) = crate::oauth::callback::parse(q)
+    {
+        for v in [c.state.as_deref(), c.iss.as_deref()].into_iter().flatten() {
+            assert!(!v.is_empty() && v.bytes().all(|b| (0x21..=0x7e).contains(&b)));
+        }
+    }
+}

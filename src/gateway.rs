@@ -23,6 +23,7 @@ use crate::vault::{Vault, VaultError};
 pub const SECRET_PREFIX: &str = "secret/";
 const API_KEY_FIELD: &str = "api_key";
 const MAX_API_KEY_BYTES: usize = 8 * 1024;
+const MAX_ORPHANS_DELETED_AT_START: usize = 16;
 
 #[derive(Debug, thiserror::Error)]
 pub enum GatewayError {
@@ -275,6 +276,9 @@ impl Gateway {
                 self.delete_secrets(old.as_slice());
                 Ok(conn)
             }
+            // The commit may have landed: the connection may point at the new record, so
+            // leave it to start-up reconciliation.
+            Err(e @ StoreError::CommitUncertain(_)) => Err(e.into()),
             Err(e) => {
                 // Nothing points at the new record; remove it now (reconcile would at start).
                 self.delete_secrets(&[record]);
@@ -342,6 +346,16 @@ impl Gateway {
             .filter(|c| c.status.holds_secrets())
             .filter(|c| c.secret_record.as_ref().is_none_or(|r| !stored.contains(r)))
             .collect();
+        // A crash leaves at most one or two orphans. Many unreferenced records mean the store
+        // is not the one these secrets belong with (an older backup): refuse to delete them.
+        if orphans.len() > MAX_ORPHANS_DELETED_AT_START && orphans.len() * 2 > stored.len() {
+            return Err(GatewayError::Invalid(format!(
+                "{} of {} sealed records belong to no connection; refusing to delete them (is \
+                 scopegate.redb an older copy than secrets.redb?)",
+                orphans.len(),
+                stored.len()
+            )));
+        }
         let report = ReconcileReport {
             orphan_secrets_deleted: orphans.len(),
             connections_needing_reauth: lost.len(),
@@ -389,7 +403,7 @@ impl Gateway {
     }
 
     pub fn audit_verify(&self) -> Result<Verified, GatewayError> {
-        Ok(self.store.read()?.verify_audit()?)
+        Ok(self.store.verify_audit()?)
     }
 }
 

@@ -9,6 +9,7 @@ pub mod durable;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod gateway;
+pub mod oauth;
 pub mod passphrase;
 pub mod secret;
 pub mod store;

@@ -39,30 +39,14 @@ pub enum PassphraseError {
 }
 
 pub fn read(purpose: Purpose) -> Result<Passphrase, PassphraseError> {
-    let var = match purpose {
-        Purpose::Unlock | Purpose::Create => "SCOPEGATE_PASSPHRASE",
-        Purpose::Rekey => "SCOPEGATE_NEW_PASSPHRASE",
+    let var = var(purpose);
+    let value = if let Some(p) = from_env(purpose)? {
+        p
+    } else if std::io::stdin().is_terminal() {
+        prompt(purpose)?
+    } else {
+        return Err(PassphraseError::Missing { var });
     };
-    let value =
-        if let Some(path) = std::env::var_os(format!("{var}_FILE")).filter(|v| !v.is_empty()) {
-            let mut bytes = Zeroizing::new(
-                std::fs::read(path).map_err(|source| PassphraseError::File { var, source })?,
-            );
-            // One trailing newline is the file's, not the passphrase's.
-            if bytes.last() == Some(&b'\n') {
-                bytes.pop();
-                if bytes.last() == Some(&b'\r') {
-                    bytes.pop();
-                }
-            }
-            Passphrase::new(bytes.to_vec())
-        } else if let Some(v) = std::env::var_os(var).filter(|v| !v.is_empty()) {
-            Passphrase::new(v.into_encoded_bytes())
-        } else if std::io::stdin().is_terminal() {
-            prompt(purpose)?
-        } else {
-            return Err(PassphraseError::Missing { var });
-        };
     if value.is_empty() {
         return Err(PassphraseError::Empty);
     }
@@ -70,6 +54,34 @@ pub fn read(purpose: Purpose) -> Result<Passphrase, PassphraseError> {
         return Err(PassphraseError::TooShort);
     }
     Ok(value)
+}
+
+fn var(purpose: Purpose) -> &'static str {
+    match purpose {
+        Purpose::Unlock | Purpose::Create => "SCOPEGATE_PASSPHRASE",
+        Purpose::Rekey => "SCOPEGATE_NEW_PASSPHRASE",
+    }
+}
+
+/// The passphrase from the environment (the file first), or `None` when neither is set.
+pub fn from_env(purpose: Purpose) -> Result<Option<Passphrase>, PassphraseError> {
+    let var = var(purpose);
+    if let Some(path) = std::env::var_os(format!("{var}_FILE")).filter(|v| !v.is_empty()) {
+        let mut bytes = Zeroizing::new(
+            std::fs::read(path).map_err(|source| PassphraseError::File { var, source })?,
+        );
+        // One trailing newline is the file's, not the passphrase's.
+        if bytes.last() == Some(&b'\n') {
+            bytes.pop();
+            if bytes.last() == Some(&b'\r') {
+                bytes.pop();
+            }
+        }
+        return Ok(Some(Passphrase::new(bytes.to_vec())));
+    }
+    Ok(std::env::var_os(var)
+        .filter(|v| !v.is_empty())
+        .map(|v| Passphrase::new(v.into_encoded_bytes())))
 }
 
 fn prompt(purpose: Purpose) -> Result<Passphrase, PassphraseError> {

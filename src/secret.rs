@@ -57,6 +57,18 @@ secret_type!(
     /// An API key for a `kind = "api_key"` service, as read from stdin.
     ApiKey
 );
+secret_type!(
+    /// A provider's OAuth access token.
+    AccessToken
+);
+secret_type!(
+    /// A provider's OAuth refresh token.
+    RefreshToken
+);
+secret_type!(
+    /// An OAuth client secret, read from the env var or file the config names.
+    ClientSecret
+);
 
 impl ApiKey {
     /// Trailing newlines from `echo key | scopegate apikey set` are not part of the key.

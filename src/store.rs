@@ -20,7 +20,7 @@ use serde::de::DeserializeOwned;
 use time::OffsetDateTime;
 
 use crate::durable::{StorageError, begin_durable, storage};
-use audit::{ChainError, Entry, Event, Verified};
+use audit::{ChainError, Entry, Event, Head, HeadKey, Verified};
 pub use records::*;
 
 const USERS: TableDefinition<&str, &[u8]> = TableDefinition::new("users");
@@ -33,6 +33,7 @@ const AUDIT: TableDefinition<u64, &[u8]> = TableDefinition::new("audit");
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const AUDIT_HEAD: &str = "audit_head";
 const SCHEMA: &str = "schema";
+const PAIRING: &str = "pairing";
 const SCHEMA_VERSION: &[u8] = b"1";
 
 #[derive(Debug, thiserror::Error)]
@@ -53,6 +54,15 @@ pub enum StoreError {
     Chain(#[from] ChainError),
     #[error("{0}")]
     Conflict(String),
+    /// The commit returned an error after it may have reached the disk: the caller must not
+    /// assume either outcome (start-up reconciliation settles it).
+    #[error("the change may or may not have been saved ({0}); it is settled at the next start")]
+    CommitUncertain(String),
+    #[error(
+        "secrets.redb and scopegate.redb belong to different installations (pairing ids differ); \
+         refusing to start, since reconciling them would delete sealed credentials"
+    )]
+    Unpaired,
     #[error("{0}")]
     NotFound(String),
     #[error("cannot create {path}: {source}")]
@@ -70,10 +80,12 @@ fn st<E: Into<redb::Error>>(e: E) -> StoreError {
 pub struct Store {
     db: Database,
     audit_fault: AtomicBool,
+    head_key: HeadKey,
 }
 
 impl Store {
-    pub fn create(path: &Path) -> Result<Self, StoreError> {
+    /// Creates the store, paired with its vault, with the genesis audit entry.
+    pub fn create(path: &Path, pairing: &str, head_key: HeadKey) -> Result<Self, StoreError> {
         crate::durable::create_private_file(path).map_err(|source| StoreError::Create {
             path: path.to_owned(),
             source,
@@ -82,18 +94,31 @@ impl Store {
         let store = Self {
             db,
             audit_fault: AtomicBool::new(false),
+            head_key,
         };
-        let txn = begin_durable(&store.db)?;
         {
+            let txn = begin_durable(&store.db)?;
             create_tables(&txn)?;
             let mut meta = txn.open_table(META).map_err(st)?;
             meta.insert(SCHEMA, SCHEMA_VERSION).map_err(st)?;
+            meta.insert(PAIRING, pairing.as_bytes()).map_err(st)?;
+            drop(meta);
+            txn.commit().map_err(st)?;
         }
-        txn.commit().map_err(st)?;
+        store.write(|t| {
+            t.audit(Event::new(
+                "system",
+                audit::GENESIS_ACTION,
+                "scopegate.redb",
+                "ok",
+            ))
+            .map(drop)
+        })?;
         Ok(store)
     }
 
-    pub fn open(path: &Path) -> Result<Self, StoreError> {
+    /// Opens the store and checks that it belongs with the unlocked vault.
+    pub fn open(path: &Path, pairing: &str, head_key: HeadKey) -> Result<Self, StoreError> {
         let db = match crate::durable::builder().open(path) {
             Ok(db) => db,
             Err(redb::DatabaseError::DatabaseAlreadyOpen) => return Err(StoreError::InUse),
@@ -102,9 +127,17 @@ impl Store {
         let store = Self {
             db,
             audit_fault: AtomicBool::new(false),
+            head_key,
         };
         let txn = begin_durable(&store.db)?;
         create_tables(&txn)?;
+        {
+            let meta = txn.open_table(META).map_err(st)?;
+            let stored = meta.get(PAIRING).map_err(st)?.map(|v| v.value().to_vec());
+            if stored.as_deref() != Some(pairing.as_bytes()) {
+                return Err(StoreError::Unpaired);
+            }
+        }
         txn.commit().map_err(st)?;
         Ok(store)
     }
@@ -127,6 +160,7 @@ impl Store {
             txn: &txn,
             audited: false,
             audit_fault: self.audit_fault.load(Ordering::SeqCst),
+            head_key: &self.head_key,
             now: OffsetDateTime::now_utc(),
         };
         let out = f(&mut t)?;
@@ -135,8 +169,14 @@ impl Store {
                 "no audit entry was recorded".into(),
             ));
         }
-        txn.commit().map_err(st)?;
+        txn.commit()
+            .map_err(|e| StoreError::CommitUncertain(e.to_string()))?;
         Ok(out)
+    }
+
+    /// Verifies the whole chain, including the head's HMAC.
+    pub fn verify_audit(&self) -> Result<Verified, StoreError> {
+        self.read()?.verify_audit(Some(&self.head_key))
     }
 
     pub fn read(&self) -> Result<Reader, StoreError> {
@@ -178,6 +218,7 @@ pub struct Txn<'a> {
     txn: &'a WriteTransaction,
     audited: bool,
     audit_fault: bool,
+    head_key: &'a HeadKey,
     pub now: OffsetDateTime,
 }
 
@@ -189,17 +230,39 @@ impl Txn<'_> {
         }
         let fail = |e: redb::Error| StoreError::AuditUnavailable(e.to_string());
         let mut meta = self.txn.open_table(META).map_err(|e| fail(e.into()))?;
+        let mut table = self.txn.open_table(AUDIT).map_err(|e| fail(e.into()))?;
+        let last_key = table
+            .last()
+            .map_err(|e| fail(e.into()))?
+            .map(|(k, _)| k.value());
+        // Fail closed on a head that is missing, forged or out of step with the table: an
+        // append must never overwrite or fork history.
         let (seq, prev) = match meta.get(AUDIT_HEAD).map_err(|e| fail(e.into()))? {
-            Some(v) => parse_head(v.value())?,
-            None => (0, audit::GENESIS.to_owned()),
+            None if last_key.is_none() => (0, audit::GENESIS.to_owned()),
+            None => {
+                return Err(StoreError::AuditUnavailable(
+                    "the audit head is missing".into(),
+                ));
+            }
+            Some(v) => {
+                let head = parse_head(v.value())?;
+                if !head.authentic(self.head_key) || last_key != Some(head.seq) {
+                    return Err(StoreError::AuditUnavailable(
+                        "the audit head is not authentic".into(),
+                    ));
+                }
+                (head.seq, head.hash)
+            }
         };
         let entry = Entry::chain(seq + 1, self.now, &event, &prev);
-        let mut table = self.txn.open_table(AUDIT).map_err(|e| fail(e.into()))?;
         table
             .insert(entry.seq, encode(&entry).as_slice())
             .map_err(|e| fail(e.into()))?;
-        meta.insert(AUDIT_HEAD, encode(&(entry.seq, &entry.hash)).as_slice())
-            .map_err(|e| fail(e.into()))?;
+        meta.insert(
+            AUDIT_HEAD,
+            encode(&Head::new(self.head_key, entry.seq, &entry.hash)).as_slice(),
+        )
+        .map_err(|e| fail(e.into()))?;
         self.audited = true;
         Ok(entry)
     }
@@ -269,7 +332,7 @@ impl Txn<'_> {
     }
 }
 
-fn parse_head(raw: &[u8]) -> Result<(u64, String), StoreError> {
+fn parse_head(raw: &[u8]) -> Result<Head, StoreError> {
     serde_json::from_slice(raw)
         .map_err(|e| StoreError::AuditUnavailable(format!("audit head unreadable: {e}")))
 }
@@ -308,8 +371,18 @@ impl Reader {
         audit_after(&self.0, after, limit)
     }
 
-    pub fn verify_audit(&self) -> Result<Verified, StoreError> {
-        verify(&self.0)
+    /// Verifies the chain and, with the key, the head's HMAC.
+    pub fn verify_audit(&self, key: Option<&HeadKey>) -> Result<Verified, StoreError> {
+        verify(&self.0, key)
+    }
+
+    /// The number of entries, from the head (one lookup; no verification).
+    pub fn audit_len(&self) -> Result<u64, StoreError> {
+        let meta = self.0.open_table(META).map_err(st)?;
+        Ok(match meta.get(AUDIT_HEAD).map_err(st)? {
+            Some(v) => parse_head(v.value())?.seq,
+            None => 0,
+        })
     }
 }
 
@@ -323,7 +396,7 @@ fn audit_after(txn: &ReadTransaction, after: u64, limit: usize) -> Result<Vec<En
     Ok(out)
 }
 
-fn verify(txn: &ReadTransaction) -> Result<Verified, StoreError> {
+fn verify(txn: &ReadTransaction, key: Option<&HeadKey>) -> Result<Verified, StoreError> {
     let meta = txn.open_table(META).map_err(st)?;
     let head = match meta.get(AUDIT_HEAD).map_err(st)? {
         Some(v) => Some(parse_head(v.value()).map_err(|_| ChainError::HeadMismatch { seq: 0 })?),
@@ -335,7 +408,7 @@ fn verify(txn: &ReadTransaction) -> Result<Verified, StoreError> {
         let (k, v) = e.map_err(st)?;
         rows.push((k.value(), v.value().to_vec()));
     }
-    Ok(audit::verify_chain(rows, head)?)
+    Ok(audit::verify_chain(rows, head.as_ref(), key)?)
 }
 
 /// Access to a stopped data folder (or a copy) without a server, for `audit list|verify`.
@@ -373,8 +446,8 @@ impl OfflineStore {
         audit_after(&self.txn()?, after, limit)
     }
 
-    pub fn verify_audit(&self) -> Result<Verified, StoreError> {
-        verify(&self.txn()?)
+    pub fn verify_audit(&self, key: Option<&HeadKey>) -> Result<Verified, StoreError> {
+        verify(&self.txn()?, key)
     }
 
     pub fn connections(&self) -> Result<Vec<Connection>, StoreError> {
@@ -408,6 +481,27 @@ pub mod testing {
             for (k, v) in &rows {
                 t.insert(*k, v.as_slice()).map_err(st)?;
             }
+        }
+        txn.commit().map_err(st)?;
+        Ok(())
+    }
+
+    /// Replaces the head with `(seq, hash)` and a MAC under a key the attacker chose.
+    pub fn rewrite_head(
+        path: &Path,
+        seq: u64,
+        hash: &str,
+        forged_key: &HeadKey,
+    ) -> Result<(), StoreError> {
+        let db = Database::open(path).map_err(st)?;
+        let txn = begin_durable(&db)?;
+        {
+            let mut meta = txn.open_table(META).map_err(st)?;
+            meta.insert(
+                AUDIT_HEAD,
+                encode(&Head::new(forged_key, seq, hash)).as_slice(),
+            )
+            .map_err(st)?;
         }
         txn.commit().map_err(st)?;
         Ok(())

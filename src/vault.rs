@@ -20,11 +20,14 @@ use zeroize::Zeroizing;
 
 use crate::durable::{StorageError, begin_durable, storage};
 use crate::secret::{Passphrase, SecretBytes, hex, random_array};
+use crate::store::audit::HeadKey;
 pub use kdf::{KdfError, KdfParams};
 pub use seal::{Location, OpenError};
 
 const HEADER_TABLE: TableDefinition<&str, &[u8]> = TableDefinition::new("vault_header");
 const HEADER_KEY: &str = "header";
+/// Random id shared with `scopegate.redb`, so a store from another installation is refused.
+const PAIRING_KEY: &str = "pairing";
 const SECRETS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("secrets");
 const SECRETS_TABLE_NAME: &str = "secrets";
 
@@ -75,6 +78,7 @@ pub struct Vault {
     dek: Zeroizing<[u8; 32]>,
     cipher: XChaCha20Poly1305,
     fingerprint_key: Zeroizing<[u8; 32]>,
+    pairing: String,
     path: PathBuf,
 }
 
@@ -103,14 +107,16 @@ impl Vault {
         let dek = Zeroizing::new(random_array::<32>());
         let header = seal::wrap_header(passphrase, params, &dek)?;
         let db = crate::durable::builder().create(path).map_err(storage)?;
+        let pairing = hex(&random_array::<16>());
         let txn = begin_durable(&db)?;
         {
             let mut t = txn.open_table(HEADER_TABLE).map_err(storage)?;
             t.insert(HEADER_KEY, header.as_slice()).map_err(storage)?;
+            t.insert(PAIRING_KEY, pairing.as_bytes()).map_err(storage)?;
             txn.open_table(SECRETS).map_err(storage)?;
         }
         txn.commit().map_err(storage)?;
-        Ok(Self::from_parts(db, &dek, path))
+        Ok(Self::from_parts(db, &dek, path, pairing))
     }
 
     /// Checks the passphrase against the header and opens the vault for writing.
@@ -143,21 +149,55 @@ impl Vault {
         if read_header(&db)? != header {
             return Err(UnlockError::InUse);
         }
-        Ok(Self::from_parts(db, &dek, path))
+        let pairing = read_value(&db, PAIRING_KEY)?
+            .and_then(|v| String::from_utf8(v).ok())
+            .ok_or(seal::HeaderError::Missing)?;
+        Ok(Self::from_parts(db, &dek, path, pairing))
     }
 
-    fn from_parts(db: Database, dek: &[u8; 32], path: &Path) -> Self {
+    /// The audit-head key for a stopped folder or a copy, without writing to the vault file:
+    /// lets `audit verify` check the head's HMAC offline when the passphrase is at hand.
+    pub fn audit_head_key_offline(
+        path: &Path,
+        passphrase: &Passphrase,
+    ) -> Result<HeadKey, UnlockError> {
+        if !path.exists() {
+            return Err(UnlockError::NotFound(path.to_owned()));
+        }
+        let header = match ReadOnlyDatabase::open(path) {
+            Ok(ro) => read_header(&ro)?,
+            Err(redb::DatabaseError::DatabaseAlreadyOpen) => return Err(UnlockError::InUse),
+            Err(e) => return Err(storage(e).into()),
+        };
+        let dek = seal::unwrap_header(&header, passphrase)?;
+        Ok(derive_key(&dek, b"scopegate/v1/audit-head-key"))
+    }
+
+    fn from_parts(db: Database, dek: &[u8; 32], path: &Path, pairing: String) -> Self {
         // Separate key for fingerprints so an HMAC output never relates to the sealing key.
-        let mut mac = <Hmac<Sha256> as hmac::KeyInit>::new_from_slice(dek).expect_hmac();
-        mac.update(b"scopegate/v1/fingerprint-key");
-        let fingerprint_key = Zeroizing::new(<[u8; 32]>::from(mac.finalize().into_bytes()));
+        let fingerprint_key = derive_key(dek, b"scopegate/v1/fingerprint-key");
         Self {
             db,
             dek: Zeroizing::new(*dek),
             cipher: XChaCha20Poly1305::new(&(*dek).into()),
             fingerprint_key,
+            pairing,
             path: path.to_owned(),
         }
+    }
+
+    pub fn pairing_id(&self) -> &str {
+        &self.pairing
+    }
+
+    /// The key that authenticates the audit log's head (see `store::audit`).
+    pub fn audit_head_key(&self) -> HeadKey {
+        derive_key(&self.dek, b"scopegate/v1/audit-head-key")
+    }
+
+    /// A key for a named purpose (CSRF tokens and the like), independent of the sealing key.
+    pub fn derived_key(&self, purpose: &[u8]) -> Zeroizing<[u8; 32]> {
+        derive_key(&self.dek, purpose)
     }
 
     pub fn path(&self) -> &Path {
@@ -292,15 +332,22 @@ fn open_writable(path: &Path) -> Result<Database, UnlockError> {
 }
 
 fn read_header(db: &impl ReadableDatabase) -> Result<Vec<u8>, UnlockError> {
+    Ok(read_value(db, HEADER_KEY)?.ok_or(seal::HeaderError::Missing)?)
+}
+
+fn read_value(db: &impl ReadableDatabase, key: &str) -> Result<Option<Vec<u8>>, UnlockError> {
     let txn = db.begin_read().map_err(storage)?;
     let t = txn
         .open_table(HEADER_TABLE)
         .map_err(|_| seal::HeaderError::Missing)?;
-    let v = t
-        .get(HEADER_KEY)
-        .map_err(storage)?
-        .ok_or(seal::HeaderError::Missing)?;
-    Ok(v.value().to_vec())
+    Ok(t.get(key).map_err(storage)?.map(|v| v.value().to_vec()))
+}
+
+/// HMAC-SHA256(data key, purpose): one key per purpose, none related to the sealing key.
+fn derive_key(dek: &[u8; 32], purpose: &[u8]) -> Zeroizing<[u8; 32]> {
+    let mut mac = <Hmac<Sha256> as hmac::KeyInit>::new_from_slice(dek).expect_hmac();
+    mac.update(purpose);
+    Zeroizing::new(<[u8; 32]>::from(mac.finalize().into_bytes()))
 }
 
 trait ExpectHmac<T> {
@@ -337,6 +384,11 @@ impl Vault {
         }
         txn.commit().map_err(storage)?;
         Ok(())
+    }
+
+    /// Seals without storing: for nonce-uniqueness tests at one fixed location.
+    pub fn dangerous_seal(&self, record: &str, field: &str, plaintext: &[u8]) -> Vec<u8> {
+        seal::seal(&self.cipher, &location(record, field), plaintext)
     }
 
     pub fn dangerous_all_sealed(&self) -> Result<Vec<Vec<u8>>, VaultError> {

@@ -71,7 +71,7 @@ async fn metrics(State(s): State<AppState>) -> Response {
         let r = g.store.read()?;
         let conns = r.connections()?;
         let users = r.users()?.len();
-        let head = r.verify_audit().map(|v| v.entries).unwrap_or(0);
+        let head = r.audit_len()?;
         Ok((conns, users, head))
     })
     .await;

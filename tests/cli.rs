@@ -226,14 +226,14 @@ fn audit_verify_through_the_socket_and_on_a_tampered_copy() {
     }
     // While serving, the store is locked: success here means the socket answered.
     let online = inst.ok(&["audit", "verify"], b"");
-    assert!(online.contains("audit log intact: 5 entries"), "{online}");
+    assert!(online.contains("audit log intact: 6 entries"), "{online}");
     assert!(s.term().success());
     let offline = inst.ok(&["audit", "verify"], b"");
-    assert!(offline.contains("audit log intact: 6 entries"), "{offline}");
+    assert!(offline.contains("audit log intact: 7 entries"), "{offline}");
     let list: Vec<serde_json::Value> =
         serde_json::from_str(&inst.ok(&["audit", "list", "--json"], b"")).unwrap();
-    assert_eq!(list.len(), 6);
-    assert_eq!(list[1]["action"], "serve.start");
+    assert_eq!(list.len(), 7);
+    assert_eq!(list[2]["action"], "serve.start");
 
     // A copy of the folder, edited: verify fails, exits non-zero and names the entry.
     let copy = inst.tmp.path().join("copy");
@@ -241,10 +241,10 @@ fn audit_verify_through_the_socket_and_on_a_tampered_copy() {
     std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o700)).unwrap();
     std::fs::copy(inst.dir.join("scopegate.redb"), copy.join("scopegate.redb")).unwrap();
     scopegate::store::testing::rewrite_audit(&copy.join("scopegate.redb"), |rows| {
-        let text = String::from_utf8(rows[3].1.clone())
+        let text = String::from_utf8(rows[4].1.clone())
             .unwrap()
             .replace("a2", "zz");
-        rows[3].1 = text.into_bytes();
+        rows[4].1 = text.into_bytes();
     })
     .unwrap();
     let out = std::process::Command::new(harness::bin())
@@ -255,7 +255,7 @@ fn audit_verify_through_the_socket_and_on_a_tampered_copy() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        err.contains("audit entry 4") && err.contains("edited"),
+        err.contains("audit entry 5") && err.contains("edited"),
         "{err}"
     );
 }

@@ -234,16 +234,22 @@ fn sigkill_torture_of_apikey_set_and_revoke() {
             model.insert(slot, Expect::OneOf(vec![before.clone(), after.clone()]));
         }
         if kill {
-            // Check the folder directly, as the next start would see it.
+            // Restart (the server's own start-up reconciliation runs), stop it cleanly, then
+            // inspect the folder as that start left it.
+            let mut restarted = inst.start();
+            assert!(restarted.term().success(), "iteration {i}: restart failed");
             let vault = Vault::unlock(
                 &inst.dir.join("secrets.redb"),
                 &Passphrase::new(inst.pass.as_bytes().to_vec()),
             )
             .unwrap_or_else(|e| panic!("iteration {i}: vault does not open: {e}"));
-            let store = Store::open(&inst.dir.join("scopegate.redb"))
-                .unwrap_or_else(|e| panic!("iteration {i}: store does not open: {e}"));
+            let store = Store::open(
+                &inst.dir.join("scopegate.redb"),
+                vault.pairing_id(),
+                vault.audit_head_key(),
+            )
+            .unwrap_or_else(|e| panic!("iteration {i}: store does not open: {e}"));
             let g = Gateway::new(config.clone(), vault, store);
-            g.reconcile().unwrap();
             let conns = g.connections(None).unwrap();
             assert!(
                 conns
@@ -264,7 +270,7 @@ fn sigkill_torture_of_apikey_set_and_revoke() {
                 .collect::<std::collections::BTreeSet<_>>();
             assert_eq!(
                 records, live,
-                "iteration {i}: orphaned or missing sealed records after reconcile"
+                "iteration {i}: orphaned or missing sealed records after the restart's reconciliation"
             );
             for (s, (svc, user)) in slots.iter().enumerate() {
                 let live: Vec<_> = conns

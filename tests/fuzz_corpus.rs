@@ -39,6 +39,14 @@ fn config_corpus_replays() {
     );
 }
 
+#[test]
+fn callback_corpus_replays() {
+    assert!(
+        replay("callback", scopegate::fuzzing::callback) >= 3,
+        "seeds missing"
+    );
+}
+
 /// Writes real sealed values and a real vault header as fuzz seeds:
 /// `cargo test --test fuzz_corpus -- --ignored write_sealed_seeds`.
 #[test]

@@ -31,7 +31,12 @@ fn fixture() -> Fixture {
         KdfParams::FLOOR,
     )
     .unwrap();
-    let store = Store::create(&dir.join("scopegate.redb")).unwrap();
+    let store = Store::create(
+        &dir.join("scopegate.redb"),
+        vault.pairing_id(),
+        vault.audit_head_key(),
+    )
+    .unwrap();
     let g = Gateway::new(Config::parse(CONFIG, "t").unwrap(), vault, store);
     Fixture { _t: t, dir, g }
 }
@@ -90,13 +95,14 @@ fn apikey_set_rotate_and_revoke() {
     assert_eq!(
         actions,
         [
+            "store.create",
             "user.add",
             "apikey.set",
             "apikey.rotate",
             "connection.revoke"
         ]
     );
-    assert_eq!(f.g.audit_verify().unwrap().entries, 4);
+    assert_eq!(f.g.audit_verify().unwrap().entries, 5);
 }
 
 #[test]
@@ -125,7 +131,7 @@ fn bad_input_is_refused_and_changes_nothing() {
     }
     assert!(f.g.vault.records().unwrap().is_empty());
     assert!(f.g.connections(None).unwrap().is_empty());
-    assert_eq!(f.g.audit_verify().unwrap().entries, 1);
+    assert_eq!(f.g.audit_verify().unwrap().entries, 2);
 }
 
 /// I7: when the audit entry cannot be written, the action does not happen.
@@ -167,14 +173,23 @@ fn i7_actions_fail_closed_when_the_audit_log_is_unwritable() {
 
     f.g.store.dangerous_inject_audit_failure(false);
     f.g.user_add("bob").unwrap();
-    assert_eq!(f.g.audit_verify().unwrap().entries, 3);
+    assert_eq!(f.g.audit_verify().unwrap().entries, 4);
 }
 
 #[test]
 fn an_unaudited_write_does_not_commit() {
     let f = fixture();
-    let err = f.g.store.write(|_t| Ok(())).unwrap_err();
+    let user = scopegate::store::User {
+        id: "u-1".into(),
+        name: "sneaky".into(),
+        created: time::OffsetDateTime::now_utc(),
+    };
+    let err = f.g.store.write(|t| t.insert_user(&user)).unwrap_err();
     assert!(matches!(err, StoreError::AuditUnavailable(_)));
+    assert!(
+        f.g.users().unwrap().is_empty(),
+        "an unaudited change was committed"
+    );
 }
 
 #[test]
@@ -208,18 +223,64 @@ fn reconcile_deletes_orphans_and_flags_lost_secrets() {
 fn rotation_due_is_reported() {
     let f = fixture();
     f.g.user_add("alice").unwrap();
-    f.g.apikey_set("search", "alice", &key("k")).unwrap();
+    let c = f.g.apikey_set("search", "alice", &key("k")).unwrap();
     assert!(!f.g.connections(None).unwrap()[0].rotation_due);
+    // Backdate the key past the service's rotate_after_days = 1.
+    f.g.store
+        .write(|t| {
+            let mut c = t.connection(&c.id)?.unwrap();
+            c.secret_set_at = Some(t.now - time::Duration::days(2));
+            t.put_connection(&c)?;
+            t.audit(scopegate::store::audit::Event::new(
+                "test", "backdate", &c.id, "ok",
+            ))
+            .map(drop)
+        })
+        .unwrap();
+    assert!(f.g.connections(None).unwrap()[0].rotation_due);
 }
 
-/// I6: editing, deleting or swapping one entry in a copy of the store makes verification
-/// fail and name the entry.
+#[test]
+fn a_store_from_another_installation_is_refused() {
+    let a = fixture();
+    let b = fixture();
+    let Fixture {
+        _t: _ta,
+        dir: dir_a,
+        g: ga,
+    } = a;
+    drop(ga);
+    let err = Store::open(
+        &dir_a.join("scopegate.redb"),
+        b.g.vault.pairing_id(),
+        b.g.vault.audit_head_key(),
+    );
+    assert!(matches!(err, Err(StoreError::Unpaired)));
+}
+
+#[test]
+fn reconcile_refuses_to_mass_delete_sealed_records() {
+    let f = fixture();
+    for i in 0..40 {
+        f.g.vault
+            .put(&format!("secret/x{i}"), "api_key", b"v")
+            .unwrap();
+    }
+    let err = f.g.reconcile().unwrap_err().to_string();
+    assert!(err.contains("refusing to delete"), "{err}");
+    assert_eq!(f.g.vault.records().unwrap().len(), 40);
+}
+
+/// I6: editing, deleting, swapping, truncating or wiping entries in a copy of the store makes
+/// verification fail and name the entry; cutting the end off and rewriting the head is caught
+/// by the head's HMAC.
 #[test]
 fn i6_tampering_with_a_copy_is_detected_and_named() {
     let f = fixture();
     for name in ["u1", "u2", "u3", "u4", "u5"] {
         f.g.user_add(name).unwrap();
     }
+    let head_key = f.g.vault.audit_head_key();
     let Fixture { _t, dir, g } = f;
     drop(g);
     let original = dir.join("scopegate.redb");
@@ -228,12 +289,12 @@ fn i6_tampering_with_a_copy_is_detected_and_named() {
         (
             "edit",
             Box::new(|rows| {
-                let text = String::from_utf8(rows[2].1.clone())
+                let text = String::from_utf8(rows[3].1.clone())
                     .unwrap()
                     .replace("u3", "zz");
-                rows[2].1 = text.into_bytes();
+                rows[3].1 = text.into_bytes();
             }),
-            ChainError::Edited { seq: 3 },
+            ChainError::Edited { seq: 4 },
         ),
         (
             "delete",
@@ -256,10 +317,11 @@ fn i6_tampering_with_a_copy_is_detected_and_named() {
             "truncate",
             Box::new(|rows| drop(rows.pop())),
             ChainError::Truncated {
-                expected: 5,
-                found: 4,
+                expected: 6,
+                found: 5,
             },
         ),
+        ("wipe", Box::new(|rows| rows.clear()), ChainError::Empty),
     ];
     for (name, tamper, want) in cases {
         let copy = dir.join(format!("copy-{name}.redb"));
@@ -267,15 +329,78 @@ fn i6_tampering_with_a_copy_is_detected_and_named() {
         assert_eq!(
             OfflineStore::open(&copy)
                 .unwrap()
-                .verify_audit()
+                .verify_audit(Some(&head_key))
                 .unwrap()
                 .entries,
-            5
+            6
         );
         scopegate::store::testing::rewrite_audit(&copy, tamper).unwrap();
-        match OfflineStore::open(&copy).unwrap().verify_audit() {
+        match OfflineStore::open(&copy)
+            .unwrap()
+            .verify_audit(Some(&head_key))
+        {
             Err(StoreError::Chain(e)) => assert_eq!(e, want, "{name}"),
             other => panic!("{name}: {other:?}"),
         }
     }
+
+    // Cut entries off the end and rewrite the head to match, without the vault's key: the
+    // chain alone looks whole, the head's HMAC does not.
+    let copy = dir.join("copy-cut-and-rehead.redb");
+    std::fs::copy(&original, &copy).unwrap();
+    let mut last_hash = String::new();
+    scopegate::store::testing::rewrite_audit(&copy, |rows| {
+        rows.truncate(3);
+        let e: scopegate::store::audit::Entry = serde_json::from_slice(&rows[2].1).unwrap();
+        last_hash = e.hash;
+    })
+    .unwrap();
+    let attacker_key = zeroize::Zeroizing::new([0x41u8; 32]);
+    scopegate::store::testing::rewrite_head(&copy, 3, &last_hash, &attacker_key).unwrap();
+    let store = OfflineStore::open(&copy).unwrap();
+    assert!(!store.verify_audit(None).unwrap().head_authenticated);
+    match store.verify_audit(Some(&head_key)) {
+        Err(StoreError::Chain(e)) => assert_eq!(e, ChainError::HeadForged),
+        other => panic!("{other:?}"),
+    }
+}
+
+/// The admin server refuses a peer whose uid is not the owner's, whatever the file modes.
+#[tokio::test]
+async fn admin_socket_refuses_another_uid() {
+    use std::os::unix::fs::MetadataExt;
+    let f = fixture();
+    let socket = f.dir.join("admin.sock");
+    let (listener, our_uid) = scopegate::admin::server::bind(&socket).unwrap();
+    assert_eq!(our_uid, std::fs::metadata(&f.dir).unwrap().uid());
+    let status: std::sync::Arc<dyn Fn() -> scopegate::admin::proto::Status + Send + Sync> =
+        std::sync::Arc::new(|| unreachable!("a refused peer reaches no handler"));
+    let (_tx, rx) = tokio::sync::watch::channel(false);
+    let g = std::sync::Arc::new(f.g);
+    // Pretend the owner is someone else: this process is then "another uid".
+    tokio::spawn(scopegate::admin::server::run(
+        listener,
+        our_uid + 1,
+        g.clone(),
+        status,
+        rx,
+    ));
+    let s = socket.clone();
+    let err = tokio::task::spawn_blocking(move || {
+        scopegate::admin::client::call::<serde_json::Value>(
+            &s,
+            &scopegate::admin::proto::Request::UserAdd {
+                name: "mallory".into(),
+            },
+        )
+    })
+    .await
+    .unwrap()
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains(&format!("uid {our_uid} may not use this admin socket")),
+        "{err}"
+    );
+    assert!(g.users().unwrap().is_empty());
 }

@@ -6,7 +6,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::watch;
 
@@ -71,15 +71,27 @@ async fn handle(
         let resp = Response::err(format!("uid {} may not use this admin socket", peer.uid()));
         return write_response(&mut stream, &resp).await;
     }
-    let mut line = Vec::new();
+    // Read straight into `line` (no BufReader: its buffer would keep a copy of an API key
+    // that nothing zeroizes); stop at the newline or the size limit.
+    // Capacity for the largest request, so growing never leaves a stale copy behind.
+    let mut line = Vec::with_capacity(MAX_REQUEST_BYTES + 4096);
     let read = tokio::time::timeout(Duration::from_secs(30), async {
-        let mut reader = BufReader::new((&mut stream).take(MAX_REQUEST_BYTES as u64 + 1));
-        reader.read_until(b'\n', &mut line).await
+        let mut chunk = zeroize::Zeroizing::new([0u8; 4096]);
+        loop {
+            let n = stream.read(chunk.as_mut_slice()).await?;
+            line.extend_from_slice(&chunk[..n]);
+            if n == 0 || chunk[..n].contains(&b'\n') || line.len() > MAX_REQUEST_BYTES {
+                return Ok::<_, std::io::Error>(line.len());
+            }
+        }
     })
     .await;
     let resp = match read {
         Err(_) => Response::err("timed out reading the request"),
-        Ok(Err(e)) => return Err(e),
+        Ok(Err(e)) => {
+            zeroize::Zeroize::zeroize(&mut line);
+            return Err(e);
+        }
         Ok(Ok(_)) if line.len() > MAX_REQUEST_BYTES => Response::err("request too large"),
         Ok(Ok(_)) => match serde_json::from_slice::<Request>(&line) {
             // The serde message could quote input; keep only its category.
@@ -101,11 +113,18 @@ async fn handle(
     write_response(&mut stream, &resp).await
 }
 
+/// Bounded in time, so a client that stops reading cannot hold a handler forever.
 async fn write_response(stream: &mut UnixStream, resp: &Response) -> std::io::Result<()> {
     let mut out = serde_json::to_vec(resp).map_err(std::io::Error::other)?;
     out.push(b'\n');
-    stream.write_all(&out).await?;
-    stream.shutdown().await
+    tokio::time::timeout(Duration::from_secs(30), async {
+        stream.write_all(&out).await?;
+        stream.shutdown().await
+    })
+    .await
+    .map_err(|_| {
+        std::io::Error::new(std::io::ErrorKind::TimedOut, "admin client stopped reading")
+    })?
 }
 
 fn to_value<T: serde::Serialize>(v: T) -> Response {

@@ -174,7 +174,15 @@ fn verify(dir: &DataDir) -> anyhow::Result<Verified> {
     if client::is_running(&socket) {
         return Ok(call(&socket, &Request::AuditVerify)?);
     }
-    Ok(offline(dir)?.verify_audit()?)
+    // With the passphrase at hand (and the vault beside the store), check the head's HMAC too.
+    let key = match crate::passphrase::from_env(crate::passphrase::Purpose::Unlock)? {
+        Some(p) if dir.vault_path().exists() => Some(
+            crate::vault::Vault::audit_head_key_offline(&dir.vault_path(), &p)
+                .context("cannot derive the audit key from the vault")?,
+        ),
+        _ => None,
+    };
+    Ok(offline(dir)?.verify_audit(key.as_ref())?)
 }
 
 fn offline(dir: &DataDir) -> anyhow::Result<OfflineStore> {

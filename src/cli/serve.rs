@@ -33,6 +33,7 @@ pub fn serve(
     // leaves the first one's socket and files alone.
     let lock = dir.lock()?;
     let config_path = config.unwrap_or_else(|| dir.config_path());
+    DataDir::check_config(&config_path)?;
     let mut config = Config::load(&config_path)?;
     if let Some(l) = listen {
         config.listen = l;
@@ -40,7 +41,11 @@ pub fn serve(
     let pass = passphrase::read(Purpose::Unlock)?;
     let vault = Vault::unlock(&dir.vault_path(), &pass)?;
     drop(pass);
-    let store = Store::open(&dir.store_path())?;
+    let store = Store::open(
+        &dir.store_path(),
+        vault.pairing_id(),
+        vault.audit_head_key(),
+    )?;
     run(dir, lock, config, vault, store)
 }
 
@@ -54,7 +59,11 @@ fn serve_dev(config: Option<PathBuf>, listen: Option<SocketAddr>) -> anyhow::Res
         let lock = dir.lock()?;
         let pass = Passphrase::new(hex(&random_array::<32>()).into_bytes());
         let vault = Vault::create(&dir.vault_path(), &pass, KdfParams::FLOOR)?;
-        let store = Store::create(&dir.store_path())?;
+        let store = Store::create(
+            &dir.store_path(),
+            vault.pairing_id(),
+            vault.audit_head_key(),
+        )?;
         let mut config = match config {
             Some(p) => Config::load(&p)?,
             None => Config::parse(DEV_CONFIG, "(built-in dev config)")?,
@@ -163,10 +172,7 @@ async fn run_async(dir: DataDir, gateway: Arc<Gateway>) -> anyhow::Result<()> {
                     .as_ref()
                     .and_then(|r| r.connections().ok())
                     .map_or(0, |c| c.len()),
-                audit_entries: r
-                    .as_ref()
-                    .and_then(|r| r.verify_audit().ok())
-                    .map_or(0, |v| v.entries),
+                audit_entries: r.as_ref().and_then(|r| r.audit_len().ok()).unwrap_or(0),
             }
         })
     };

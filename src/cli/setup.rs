@@ -51,8 +51,12 @@ fn create_files(
     pass: &crate::secret::Passphrase,
     params: KdfParams,
 ) -> anyhow::Result<()> {
-    Vault::create(&dir.vault_path(), pass, params)?;
-    let store = Store::create(&dir.store_path())?;
+    let vault = Vault::create(&dir.vault_path(), pass, params)?;
+    let store = Store::create(
+        &dir.store_path(),
+        vault.pairing_id(),
+        vault.audit_head_key(),
+    )?;
     store.write(|t| {
         t.audit(
             Event::new(ADMIN, "vault.init", &dir.root().display().to_string(), "ok").detail(
@@ -80,7 +84,11 @@ pub fn rekey(dir: &DataDir, k: KdfArgs) -> anyhow::Result<()> {
     if new == old {
         bail!("the new passphrase is the same as the old one");
     }
-    let store = Store::open(&dir.store_path())?;
+    let store = Store::open(
+        &dir.store_path(),
+        vault.pairing_id(),
+        vault.audit_head_key(),
+    )?;
     let kdf = format!(
         "argon2id m={} t={} p={}",
         params.memory_kib, params.iterations, params.parallelism
@@ -92,11 +100,17 @@ pub fn rekey(dir: &DataDir, k: KdfArgs) -> anyhow::Result<()> {
     })?;
     let outcome = vault.rekey(&new, params);
     let word = if outcome.is_ok() { "ok" } else { "failed" };
-    store.write(|t| {
+    let audited = store.write(|t| {
         t.audit(Event::new(ADMIN, "vault.rekey", "vault", word))
             .map(drop)
-    })?;
-    outcome?;
+    });
+    outcome.context("the passphrase was not changed")?;
+    if let Err(e) = audited {
+        // The new passphrase is in force whatever happens to this entry: say so plainly.
+        eprintln!(
+            "scopegate: warning: the passphrase WAS changed, but its audit entry could not be written: {e}"
+        );
+    }
     println!("passphrase changed");
     Ok(())
 }

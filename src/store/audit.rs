@@ -6,16 +6,62 @@
 //! Strings that came from outside are escaped on the way in so they cannot forge line
 //! breaks or carry terminal escapes into `audit list` or the console.
 //!
-//! Limit: a writer with full access to the file can recompute the whole chain. `audit verify`
-//! prints the head hash so it can be recorded elsewhere and compared later.
+//! The head (last seq and hash) is authenticated with an HMAC under a key derived from the
+//! vault's data key, so cutting entries off the end and rewriting the head, or emptying the
+//! log, is detected by anyone who has the passphrase (the server always does). The first
+//! entry is always `store.create`.
+//!
+//! Limit: without the passphrase, `audit verify` on a copy checks the chain but not the head's
+//! HMAC, and says so. It prints the head hash so it can be recorded elsewhere.
 
 use std::collections::BTreeMap;
 
+use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
+use zeroize::Zeroizing;
 
 use crate::secret::hex;
+
+/// The first action of every store.
+pub const GENESIS_ACTION: &str = "store.create";
+
+/// The key that authenticates the audit head (derived from the vault's data key).
+pub type HeadKey = Zeroizing<[u8; 32]>;
+
+/// The stored head of the chain.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Head {
+    pub seq: u64,
+    pub hash: String,
+    pub mac: String,
+}
+
+impl Head {
+    pub fn new(key: &HeadKey, seq: u64, hash: &str) -> Self {
+        Self {
+            seq,
+            hash: hash.to_owned(),
+            mac: head_mac(key, seq, hash),
+        }
+    }
+
+    pub fn authentic(&self, key: &HeadKey) -> bool {
+        let want = head_mac(key, self.seq, &self.hash);
+        subtle::ConstantTimeEq::ct_eq(want.as_bytes(), self.mac.as_bytes()).into()
+    }
+}
+
+fn head_mac(key: &HeadKey, seq: u64, hash: &str) -> String {
+    #[allow(clippy::expect_used)] // invariant: HMAC-SHA256 accepts keys of any length.
+    let mut mac =
+        <Hmac<Sha256> as hmac::KeyInit>::new_from_slice(key.as_slice()).expect("hmac key");
+    mac.update(b"scopegate/v1/audit-head");
+    mac.update(&seq.to_be_bytes());
+    mac.update(hash.as_bytes());
+    hex(&mac.finalize().into_bytes())
+}
 
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 const MAX_FIELD_CHARS: usize = 512;
@@ -126,9 +172,14 @@ impl Entry {
             self.seq, time, self.actor, self.action, self.target, self.outcome
         );
         for (k, v) in &self.details {
-            s.push_str(&format!(" {k}={v}"));
+            // Quoted, so a value cannot pose as further fields.
+            s.push_str(&format!(" {k}=\"{}\"", v.replace('"', "\\\"")));
         }
-        s
+        // Stored fields were escaped on the way in; escape again for display in case the
+        // file was edited (the chain check is separate).
+        s.chars()
+            .map(|c| if c.is_control() { '\u{fffd}' } else { c })
+            .collect()
     }
 }
 
@@ -173,6 +224,14 @@ pub enum ChainError {
     Truncated { expected: u64, found: u64 },
     #[error("audit log head does not match entry {seq} (head edited)")]
     HeadMismatch { seq: u64 },
+    #[error(
+        "audit log head is not authentic (entries removed from the end and the head rewritten)"
+    )]
+    HeadForged,
+    #[error("the audit log is empty (its entries were removed)")]
+    Empty,
+    #[error("audit entry 1 is not the store's creation (the start of the log was replaced)")]
+    BadGenesis,
 }
 
 /// Summary of a verified chain.
@@ -180,13 +239,19 @@ pub enum ChainError {
 pub struct Verified {
     pub entries: u64,
     pub head_hash: String,
+    /// Whether the head's HMAC was checked (needs the vault's key).
+    pub head_authenticated: bool,
 }
 
 /// A stored audit row: its key and its raw JSON.
 pub type Row = (u64, Vec<u8>);
 
 /// Walks `(key, raw entry)` pairs in key order and checks the chain against the stored head.
-pub fn verify_chain<I>(entries: I, head: Option<(u64, String)>) -> Result<Verified, ChainError>
+pub fn verify_chain<I>(
+    entries: I,
+    head: Option<&Head>,
+    key: Option<&HeadKey>,
+) -> Result<Verified, ChainError>
 where
     I: IntoIterator<Item = Row>,
 {
@@ -215,51 +280,74 @@ where
         if entry.compute_hash() != entry.hash {
             return Err(ChainError::Edited { seq: key });
         }
+        if key == 1 && entry.action != GENESIS_ACTION {
+            return Err(ChainError::BadGenesis);
+        }
         prev_hash = entry.hash;
         expected += 1;
     }
     let last = expected - 1;
-    match head {
-        Some((seq, _)) if seq > last => Err(ChainError::Truncated {
-            expected: seq,
-            found: last,
-        }),
-        Some((seq, hash)) if seq != last || hash != prev_hash => {
-            Err(ChainError::HeadMismatch { seq: last })
-        }
-        None if last > 0 => Err(ChainError::HeadMismatch { seq: last }),
-        _ => Ok(Verified {
-            entries: last,
-            head_hash: prev_hash,
-        }),
+    if last == 0 {
+        return Err(ChainError::Empty);
     }
+    let head = head.ok_or(ChainError::HeadMismatch { seq: last })?;
+    if head.seq > last {
+        return Err(ChainError::Truncated {
+            expected: head.seq,
+            found: last,
+        });
+    }
+    if head.seq != last || head.hash != prev_hash {
+        return Err(ChainError::HeadMismatch { seq: last });
+    }
+    if let Some(k) = key
+        && !head.authentic(k)
+    {
+        return Err(ChainError::HeadForged);
+    }
+    Ok(Verified {
+        entries: last,
+        head_hash: prev_hash,
+        head_authenticated: key.is_some(),
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn chain(n: u64) -> (Vec<Row>, (u64, String)) {
+    fn key() -> HeadKey {
+        Zeroizing::new([3u8; 32])
+    }
+
+    fn chain(n: u64) -> (Vec<Row>, Head) {
         let mut prev = GENESIS.to_owned();
         let mut out = Vec::new();
         for seq in 1..=n {
-            let e = Entry::chain(
-                seq,
-                OffsetDateTime::UNIX_EPOCH,
-                &Event::new("admin", "user.add", &format!("u{seq}"), "ok"),
-                &prev,
-            );
+            let action = if seq == 1 { GENESIS_ACTION } else { "user.add" };
+            let event = Event::new("admin", action, &format!("u{seq}"), "ok");
+            let e = Entry::chain(seq, OffsetDateTime::UNIX_EPOCH, &event, &prev);
             prev = e.hash.clone();
             out.push((seq, serde_json::to_vec(&e).unwrap()));
         }
-        (out, (n, prev))
+        (out, Head::new(&key(), n, &prev))
+    }
+
+    fn check(rows: Vec<Row>, head: &Head) -> Result<Verified, ChainError> {
+        verify_chain(rows, Some(head), Some(&key()))
     }
 
     #[test]
     fn intact_chain_verifies() {
         let (c, head) = chain(5);
-        assert_eq!(verify_chain(c, Some(head)).unwrap().entries, 5);
-        assert_eq!(verify_chain(Vec::new(), None).unwrap().entries, 0);
+        let v = check(c.clone(), &head).unwrap();
+        assert_eq!((v.entries, v.head_authenticated), (5, true));
+        assert!(
+            !verify_chain(c, Some(&head), None)
+                .unwrap()
+                .head_authenticated
+        );
+        assert_eq!(verify_chain(Vec::new(), None, None), Err(ChainError::Empty));
     }
 
     #[test]
@@ -269,15 +357,12 @@ mod tests {
         let mut e: Entry = serde_json::from_slice(&edited[2].1).unwrap();
         e.target = "someone-else".into();
         edited[2].1 = serde_json::to_vec(&e).unwrap();
-        assert_eq!(
-            verify_chain(edited, Some(head.clone())),
-            Err(ChainError::Edited { seq: 3 })
-        );
+        assert_eq!(check(edited, &head), Err(ChainError::Edited { seq: 3 }));
 
         let mut deleted = c.clone();
         deleted.remove(1);
         assert_eq!(
-            verify_chain(deleted, Some(head.clone())),
+            check(deleted, &head),
             Err(ChainError::Gap {
                 expected: 2,
                 found: 3
@@ -289,19 +374,60 @@ mod tests {
         swapped[1].1 = b;
         swapped[2].1 = a;
         assert_eq!(
-            verify_chain(swapped, Some(head.clone())),
+            check(swapped, &head),
             Err(ChainError::Misplaced { key: 2, seq: 3 })
         );
 
         let mut truncated = c.clone();
         truncated.pop();
         assert_eq!(
-            verify_chain(truncated, Some(head)),
+            check(truncated.clone(), &head),
             Err(ChainError::Truncated {
                 expected: 5,
                 found: 4
             })
         );
+
+        // Truncation with the head rewritten to the new last entry: only the HMAC catches it,
+        // whether the forger writes garbage or uses a key of their own.
+        let last: Entry = serde_json::from_slice(&truncated[3].1).unwrap();
+        let garbage = Head {
+            seq: 4,
+            hash: last.hash.clone(),
+            mac: "00".repeat(32),
+        };
+        assert_eq!(
+            check(truncated.clone(), &garbage),
+            Err(ChainError::HeadForged)
+        );
+        let other_key = Head::new(&Zeroizing::new([9u8; 32]), 4, &last.hash);
+        assert_eq!(check(truncated, &other_key), Err(ChainError::HeadForged));
+
+        // Dropping the first entry and renumbering the rest.
+        let (mut c2, _) = chain(3);
+        c2.remove(0);
+        for (i, row) in c2.iter_mut().enumerate() {
+            row.0 = i as u64 + 1;
+        }
+        assert!(check(c2, &head).is_err());
+    }
+
+    #[test]
+    fn the_log_must_start_with_the_store_creation() {
+        let mut prev = GENESIS.to_owned();
+        let mut rows = Vec::new();
+        for seq in 1..=2 {
+            let e = Entry::chain(
+                seq,
+                OffsetDateTime::UNIX_EPOCH,
+                &Event::new("a", "user.add", "x", "ok"),
+                &prev,
+            );
+            prev = e.hash.clone();
+            rows.push((seq, serde_json::to_vec(&e).unwrap()));
+        }
+        let head = Head::new(&key(), 2, &prev);
+        assert_eq!(check(rows, &head), Err(ChainError::BadGenesis));
     }
 
     #[test]
@@ -318,5 +444,13 @@ mod tests {
             escape_untrusted(&"x".repeat(10_000)).chars().count(),
             MAX_FIELD_CHARS + 1
         );
+    }
+
+    #[test]
+    fn display_quotes_values_so_they_cannot_pose_as_fields() {
+        let event =
+            Event::new("admin", "user.add", "x", "ok").detail("note", "a ok key=\"forged\"");
+        let line = Entry::chain(1, OffsetDateTime::UNIX_EPOCH, &event, GENESIS).to_line();
+        assert!(line.ends_with(r#"note="a ok key=\"forged\"""#), "{line}");
     }
 }

@@ -17,8 +17,8 @@ pub struct KdfParams {
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum KdfError {
     #[error(
-        "argon2id parameters m={memory_kib} KiB, t={iterations}, p={parallelism} are below the \
-         floor (m >= 19456 KiB, t >= 2, 1 <= p <= 64, m <= 4 GiB)"
+        "argon2id parameters m={memory_kib} KiB, t={iterations}, p={parallelism} are outside the \
+         accepted range (19456 <= m <= 2097152 KiB, 2 <= t <= 64, 1 <= p <= 64)"
     )]
     TooWeak {
         memory_kib: u32,
@@ -52,8 +52,9 @@ impl KdfParams {
         let too_weak = memory_kib < Self::FLOOR.memory_kib
             || iterations < Self::FLOOR.iterations
             || !(1..=64).contains(&parallelism)
-            || memory_kib > 4 * 1024 * 1024
-            || iterations > 1000;
+            // Upper bounds too: a tampered header must not make unlock take hours.
+            || memory_kib > 2 * 1024 * 1024
+            || iterations > 64;
         if too_weak {
             return Err(KdfError::TooWeak {
                 memory_kib,

@@ -63,6 +63,8 @@ pub fn decode(bytes: &[u8]) -> Result<Sealed<'_>, OpenError> {
 fn associated_data(loc: &Location<'_>) -> Vec<u8> {
     let mut ad = Vec::with_capacity(32 + loc.table.len() + loc.record.len() + loc.field.len());
     ad.extend_from_slice(b"scopegate/v1/sealed");
+    // The record version is authenticated too, so a future format cannot be confused with it.
+    ad.push(VERSION);
     for part in [loc.table, loc.record, loc.field] {
         ad.extend_from_slice(&(part.len() as u64).to_be_bytes());
         ad.extend_from_slice(part.as_bytes());
@@ -359,8 +361,27 @@ mod tests {
         ));
     }
 
+    /// The header prefix (parameters, salt) is the wrap's associated data: under one fixed
+    /// key, changing any byte of it makes the wrapped key fail to open.
     #[test]
-    fn header_parameters_are_authenticated() {
+    fn header_prefix_is_associated_data() {
+        let kek = XChaCha20Poly1305::new(&[5u8; 32].into());
+        let prefix = b"SGVAULT\x01 params and salt".to_vec();
+        let wrapped = seal_with_ad(&kek, &prefix, &[1u8; 32]);
+        assert!(open_with_ad(&kek, &prefix, &wrapped).is_ok());
+        for i in 0..prefix.len() {
+            let mut p = prefix.clone();
+            p[i] ^= 1;
+            assert_eq!(
+                open_with_ad(&kek, &p, &wrapped).unwrap_err(),
+                OpenError::Inauthentic,
+                "byte {i}"
+            );
+        }
+    }
+
+    #[test]
+    fn header_parameter_edits_fail_or_are_refused() {
         let pass = Passphrase::new(b"pw".to_vec());
         let mut h = wrap_header(&pass, KdfParams::FLOOR, &[1; 32]).unwrap();
         // Raise t from 2 to 3: still above the floor, but the wrap no longer authenticates.
