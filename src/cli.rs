@@ -79,6 +79,8 @@ enum UserCmd {
     },
     /// Remove a user, revoking their connections
     Remove { name: String },
+    /// Print a single-use login link (valid 15 minutes) for the user's browser
+    Link { name: String },
 }
 
 #[derive(Debug, Subcommand)]

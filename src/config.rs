@@ -128,6 +128,8 @@ pub enum ClientSecretSource {
     None,
     Env(String),
     File(PathBuf),
+    /// Made up at start by `serve --dev` for its built-in demo provider; never from a file.
+    Generated(crate::secret::ClientSecret),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -9,6 +9,8 @@
 //! connection points at is deleted; a live connection whose record is missing goes to
 //! `needs_reauth`.
 
+pub mod connect;
+
 use std::collections::BTreeSet;
 
 use serde::Serialize;
@@ -251,6 +253,8 @@ impl Gateway {
                         created: t.now,
                         updated: t.now,
                         secret_set_at: None,
+                        access_expires: None,
+                        issuer: None,
                     },
                     None,
                     "apikey.set",
@@ -290,6 +294,16 @@ impl Gateway {
     /// Revokes a connection: the store records it (and the audit entry) first, then the
     /// sealed values are deleted. Provider-side revocation (RFC 7009) arrives with OAuth.
     pub fn connection_revoke(&self, id: &str, actor: &str) -> Result<Connection, GatewayError> {
+        self.connection_revoke_noting(id, actor, None)
+    }
+
+    /// As `connection_revoke`, recording how revocation at the provider went.
+    pub fn connection_revoke_noting(
+        &self,
+        id: &str,
+        actor: &str,
+        provider: Option<&str>,
+    ) -> Result<Connection, GatewayError> {
         let (conn, record) = self.store.write(|t| {
             let mut c = t
                 .connection(id)?
@@ -304,9 +318,12 @@ impl Gateway {
             c.status_reason = Some(format!("revoked by {actor}"));
             c.updated = t.now;
             t.put_connection(&c)?;
-            t.audit(
-                Event::new(actor, "connection.revoke", &c.id, "ok").detail("service", &c.service),
-            )?;
+            let mut event =
+                Event::new(actor, "connection.revoke", &c.id, "ok").detail("service", &c.service);
+            if let Some(p) = provider {
+                event = event.detail("provider_revocation", p);
+            }
+            t.audit(event)?;
             Ok((c, record))
         })?;
         self.delete_secrets(record.as_slice());
@@ -324,9 +341,34 @@ impl Gateway {
 
     /// Resolves what a crash between the two files' commits left behind (module comment).
     pub fn reconcile(&self) -> Result<ReconcileReport, GatewayError> {
-        let stored: BTreeSet<String> = self
-            .vault
-            .records()?
+        // Expired sign-ins go first, with their sealed verifiers.
+        let expired = self.store.write_optional(|t| {
+            let (records, removed) = t.purge_expired()?;
+            if removed == 0 {
+                return Ok(None);
+            }
+            t.audit(
+                Event::new(SYSTEM, "reconcile.expired", "store", "ok")
+                    .detail("removed", removed.to_string()),
+            )?;
+            Ok(Some(records))
+        })?;
+        self.delete_secrets(&expired.unwrap_or_default());
+        let all = self.vault.records()?;
+        let pending_live: BTreeSet<String> = self
+            .store
+            .read()?
+            .pending_all()?
+            .into_iter()
+            .map(|p| p.verifier_record)
+            .collect();
+        let stale_pending: Vec<String> = all
+            .iter()
+            .filter(|r| r.starts_with(connect::PENDING_PREFIX) && !pending_live.contains(*r))
+            .cloned()
+            .collect();
+        self.delete_secrets(&stale_pending);
+        let stored: BTreeSet<String> = all
             .into_iter()
             .filter(|r| r.starts_with(SECRET_PREFIX))
             .collect();

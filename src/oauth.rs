@@ -2,6 +2,7 @@
 //! their quirks, discovery (RFC 8414 / OIDC), token exchange and revocation (RFC 7009).
 
 pub mod callback;
+pub mod client;
 pub mod pkce;
 pub mod provider;
 pub mod token;

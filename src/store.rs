@@ -7,6 +7,7 @@
 
 pub mod audit;
 pub mod records;
+mod sessions;
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -29,11 +30,15 @@ const AGENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("agents");
 const PROFILES: TableDefinition<&str, &[u8]> = TableDefinition::new("profiles");
 const CONNECTIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("connections");
 const PENDING: TableDefinition<&str, &[u8]> = TableDefinition::new("pending_authorizations");
+const LOGIN_LINKS: TableDefinition<&str, &[u8]> = TableDefinition::new("login_links");
+const SESSIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("sessions");
 const AUDIT: TableDefinition<u64, &[u8]> = TableDefinition::new("audit");
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const AUDIT_HEAD: &str = "audit_head";
 const SCHEMA: &str = "schema";
 const PAIRING: &str = "pairing";
+/// Internal marker: a `write_optional` closure declined (the transaction is aborted).
+const NOTHING_TO_DO: &str = "\0nothing to do";
 const SCHEMA_VERSION: &[u8] = b"1";
 
 #[derive(Debug, thiserror::Error)]
@@ -174,6 +179,21 @@ impl Store {
         Ok(out)
     }
 
+    /// As `write`, but the closure may find nothing to do and return `None`: the transaction is
+    /// then dropped uncommitted, so nothing unaudited is ever saved.
+    pub fn write_optional<T>(
+        &self,
+        f: impl FnOnce(&mut Txn<'_>) -> Result<Option<T>, StoreError>,
+    ) -> Result<Option<T>, StoreError> {
+        match self.write(|t| match f(t)? {
+            Some(v) => Ok(Some(v)),
+            None => Err(StoreError::Conflict(NOTHING_TO_DO.into())),
+        }) {
+            Err(StoreError::Conflict(m)) if m == NOTHING_TO_DO => Ok(None),
+            other => other,
+        }
+    }
+
     /// Verifies the whole chain, including the head's HMAC.
     pub fn verify_audit(&self) -> Result<Verified, StoreError> {
         self.read()?.verify_audit(Some(&self.head_key))
@@ -191,6 +211,8 @@ fn create_tables(txn: &WriteTransaction) -> Result<(), StoreError> {
     txn.open_table(PROFILES).map_err(st)?;
     txn.open_table(CONNECTIONS).map_err(st)?;
     txn.open_table(PENDING).map_err(st)?;
+    txn.open_table(LOGIN_LINKS).map_err(st)?;
+    txn.open_table(SESSIONS).map_err(st)?;
     txn.open_table(AUDIT).map_err(st)?;
     txn.open_table(META).map_err(st)?;
     Ok(())
@@ -276,6 +298,14 @@ impl Txn<'_> {
         let users = self.txn.open_table(USERS).map_err(st)?;
         match users.get(id.as_str()).map_err(st)? {
             Some(v) => decode("users", &id, v.value()).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    pub fn user_by_id(&self, id: &str) -> Result<Option<User>, StoreError> {
+        let users = self.txn.open_table(USERS).map_err(st)?;
+        match users.get(id).map_err(st)? {
+            Some(v) => decode("users", id, v.value()).map(Some),
             None => Ok(None),
         }
     }

@@ -10,11 +10,15 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+pub mod browser;
+pub mod demo;
+pub mod pages;
+
 use axum::Router;
 use axum::extract::State;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
@@ -38,18 +42,37 @@ pub struct Metrics {
 pub struct AppState {
     pub gateway: Arc<Gateway>,
     pub metrics: Arc<Metrics>,
+    pub oauth: Arc<crate::oauth::client::OAuthClient>,
+    pub public_url: url::Url,
+    pub demo: Option<Arc<demo::DemoProvider>>,
 }
 
 pub fn router(state: AppState, limits: &Limits) -> Router {
-    Router::new()
+    let flow = Router::new()
+        .route("/login", get(browser::login_page).post(browser::login))
+        .route("/logout", post(browser::logout))
+        .route("/connect", get(browser::connect_page))
+        .route("/connect/{service}", post(browser::begin))
+        .route("/connect/{service}/disconnect", post(browser::disconnect))
+        .route("/oauth/callback", get(browser::callback))
+        .layer(axum::middleware::map_response(harden_flow));
+    let mut app = Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
-        .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            count_requests,
-        ))
-        .layer(RequestBodyLimitLayer::new(limits.max_body_bytes))
-        .with_state(state)
+        .merge(flow)
+        .with_state(state.clone());
+    if let Some(d) = &state.demo {
+        app = app.merge(demo::routes(d.clone()));
+    }
+    app.layer(axum::middleware::from_fn_with_state(
+        state.clone(),
+        count_requests,
+    ))
+    .layer(RequestBodyLimitLayer::new(limits.max_body_bytes))
+}
+
+async fn harden_flow(r: Response) -> Response {
+    pages::harden(r)
 }
 
 async fn count_requests(

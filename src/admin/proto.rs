@@ -18,6 +18,9 @@ pub enum Request {
     UserRemove {
         name: String,
     },
+    UserLink {
+        name: String,
+    },
     ConnectionList {
         user: Option<String>,
     },
@@ -53,6 +56,7 @@ impl Request {
             Self::UserAdd { .. } => "user_add",
             Self::UserList => "user_list",
             Self::UserRemove { .. } => "user_remove",
+            Self::UserLink { .. } => "user_link",
             Self::ConnectionList { .. } => "connection_list",
             Self::ConnectionRevoke { .. } => "connection_revoke",
             Self::ApikeySet { .. } => "apikey_set",

@@ -155,6 +155,11 @@ fn run_request(g: &Gateway, status: &(dyn Fn() -> Status + Send + Sync), req: Re
         Request::UserRemove { name } => g
             .user_remove(&name)
             .map(|()| Response::ok(serde_json::Value::Null)),
+        Request::UserLink { name } => g.login_link(&name).map(|token| {
+            let base = g.config.public_url.as_str().trim_end_matches('/');
+            let t = String::from_utf8_lossy(token.expose_secret()).into_owned();
+            to_value(serde_json::json!({ "url": format!("{base}/login?token={t}") }))
+        }),
         Request::ConnectionList { user } => g.connections(user.as_deref()).map(to_value),
         Request::ConnectionRevoke { id } => g.connection_revoke(&id, ADMIN).map(to_value),
         Request::ApikeySet { service, user, key } => g.apikey_set(&service, &user, &key).map(|c| {

@@ -32,6 +32,11 @@ pub fn user(dir: &DataDir, cmd: UserCmd) -> anyhow::Result<()> {
                 }
             }
         }
+        UserCmd::Link { name } => {
+            let out: serde_json::Value = call(&socket, &Request::UserLink { name })?;
+            // Alone on its line, for scripts.
+            println!("{}", out["url"].as_str().unwrap_or_default());
+        }
         UserCmd::Remove { name } => {
             call::<serde_json::Value>(&socket, &Request::UserRemove { name: name.clone() })?;
             println!("removed user {name}");

@@ -9,15 +9,16 @@ use anyhow::Context;
 use tokio::sync::watch;
 
 use crate::admin::proto::Status;
-use crate::config::Config;
+use crate::config::{ClientSecretSource, Config};
 use crate::datadir::{DataDir, DataDirLock};
 use crate::gateway::{Gateway, SYSTEM};
 use crate::passphrase::{self, Purpose};
-use crate::secret::{Passphrase, hex, random_array};
+use crate::secret::{ClientSecret, Passphrase, hex, random_array};
 use crate::store::Store;
 use crate::store::audit::Event;
 use crate::vault::{KdfParams, Vault};
 use crate::web;
+use crate::web::demo::DemoProvider;
 
 pub fn serve(
     dir: DataDir,
@@ -46,17 +47,23 @@ pub fn serve(
         vault.pairing_id(),
         vault.audit_head_key(),
     )?;
-    run(dir, lock, config, vault, store)
+    run(dir, lock, Gateway::new(config, vault, store), None, None)
 }
 
 /// A throwaway instance: a new private temporary folder, a random passphrase (so the KDF's
-/// cost buys nothing and the floor parameters are used), removed again on exit.
+/// cost buys nothing and the floor parameters are used), the demo provider, removed on exit.
 fn serve_dev(config: Option<PathBuf>, listen: Option<SocketAddr>) -> anyhow::Result<()> {
     let root = std::env::temp_dir().join(format!("scopegate-dev-{}", hex(&random_array::<6>())));
     let dir = DataDir::new(&root);
     dir.create()?;
     let result = (|| {
         let lock = dir.lock()?;
+        // Bind first: the public URL, redirect URI and demo issuer need the real port.
+        let want = listen.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080)));
+        let listener = std::net::TcpListener::bind(want)
+            .with_context(|| format!("cannot listen on {want}"))?;
+        let addr = listener.local_addr()?;
+        let public = format!("http://{addr}");
         let pass = Passphrase::new(hex(&random_array::<32>()).into_bytes());
         let vault = Vault::create(&dir.vault_path(), &pass, KdfParams::FLOOR)?;
         let store = Store::create(
@@ -64,22 +71,27 @@ fn serve_dev(config: Option<PathBuf>, listen: Option<SocketAddr>) -> anyhow::Res
             vault.pairing_id(),
             vault.audit_head_key(),
         )?;
-        let mut config = match config {
-            Some(p) => Config::load(&p)?,
-            None => Config::parse(DEV_CONFIG, "(built-in dev config)")?,
+        let (mut config, demo) = match config {
+            Some(p) => (Config::load(&p)?, None),
+            None => {
+                let secret = ClientSecret::new(hex(&random_array::<32>()).into_bytes());
+                let mut c = Config::parse(&dev_config(&public), "(built-in dev config)")?;
+                if let Some(p) = c.providers.get_mut("demo") {
+                    p.client_secret = ClientSecretSource::Generated(secret.clone());
+                }
+                (c, Some(Arc::new(DemoProvider::new(&public, secret, 3600))))
+            }
         };
-        if let Some(l) = listen {
-            config.listen = l;
-        }
-        store.write(|t| {
-            t.audit(Event::new(
-                SYSTEM,
-                "dev.start",
-                &root.display().to_string(),
-                "ok",
-            ))
-            .map(drop)
-        })?;
+        config.listen = addr;
+        let gateway = Gateway::new(config, vault, store);
+        gateway.audit_event(Event::new(
+            SYSTEM,
+            "dev.start",
+            &root.display().to_string(),
+            "ok",
+        ))?;
+        gateway.user_add("demo")?;
+        let link = gateway.login_link("demo")?;
         println!(
             "scopegate: development mode; data in {} (deleted on exit)",
             root.display()
@@ -89,32 +101,46 @@ fn serve_dev(config: Option<PathBuf>, listen: Option<SocketAddr>) -> anyhow::Res
             root.display()
         );
         println!(
-            "scopegate: try: scopegate user add alice && echo demo-key | scopegate apikey set demo-search --user alice"
+            "scopegate: open this login link in a browser (single use, 15 minutes): {public}/login?token={}",
+            String::from_utf8_lossy(link.expose_secret())
         );
-        run(dir.clone(), lock, config, vault, store)
+        run(dir.clone(), lock, gateway, Some(listener), demo)
     })();
     let _ = std::fs::remove_dir_all(&root);
     result
 }
 
-const DEV_CONFIG: &str = r#"
-listen = "127.0.0.1:8080"
+fn dev_config(public: &str) -> String {
+    format!(
+        r#"
+public_url = "{public}"
+
+[providers.demo]
+issuer = "{public}/demo/oauth"
+client_id = "scopegate-dev"
+
+[services.demo]
+provider = "demo"
+mcp_url = "{public}/demo/mcp"
+scopes = ["demo.read", "demo.write"]
 
 [services.demo-search]
 kind = "api_key"
-mcp_url = "http://127.0.0.1:8080/demo/mcp"
+mcp_url = "{public}/demo/mcp"
 header = "X-API-Key"
 rotate_after_days = 90
-"#;
+"#
+    )
+}
 
 fn run(
     dir: DataDir,
     _lock: DataDirLock,
-    config: Config,
-    vault: Vault,
-    store: Store,
+    gateway: Gateway,
+    listener: Option<std::net::TcpListener>,
+    demo: Option<Arc<DemoProvider>>,
 ) -> anyhow::Result<()> {
-    let gateway = Arc::new(Gateway::new(config, vault, store));
+    let gateway = Arc::new(gateway);
     let report = gateway
         .reconcile()
         .context("start-up reconciliation failed")?;
@@ -128,14 +154,25 @@ fn run(
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    runtime.block_on(run_async(dir, gateway))
+    runtime.block_on(run_async(dir, gateway, listener, demo))
 }
 
-async fn run_async(dir: DataDir, gateway: Arc<Gateway>) -> anyhow::Result<()> {
+async fn run_async(
+    dir: DataDir,
+    gateway: Arc<Gateway>,
+    prebound: Option<std::net::TcpListener>,
+    demo: Option<Arc<DemoProvider>>,
+) -> anyhow::Result<()> {
     let limits = gateway.config.limits.clone();
-    let listener = tokio::net::TcpListener::bind(gateway.config.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", gateway.config.listen))?;
+    let listener = match prebound {
+        Some(l) => {
+            l.set_nonblocking(true)?;
+            tokio::net::TcpListener::from_std(l)?
+        }
+        None => tokio::net::TcpListener::bind(gateway.config.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", gateway.config.listen))?,
+    };
     let addr = listener.local_addr()?;
     let socket = dir.socket_path();
     let (admin_listener, owner_uid) = crate::admin::server::bind(&socket)
@@ -152,6 +189,9 @@ async fn run_async(dir: DataDir, gateway: Arc<Gateway>) -> anyhow::Result<()> {
     let state = web::AppState {
         gateway: gateway.clone(),
         metrics: metrics.clone(),
+        oauth: Arc::new(crate::oauth::client::OAuthClient::new()),
+        public_url: gateway.config.public_url.clone(),
+        demo,
     };
     let app = web::router(state, &limits);
     let (tx, rx) = watch::channel(false);

@@ -69,6 +69,12 @@ pub struct Connection {
     /// When the current secret was stored (API-key rotation policy).
     #[serde(with = "time::serde::rfc3339::option", default)]
     pub secret_set_at: Option<OffsetDateTime>,
+    /// When the current access token expires (OAuth), if the provider said.
+    #[serde(with = "time::serde::rfc3339::option", default)]
+    pub access_expires: Option<OffsetDateTime>,
+    /// The authorization server that issued the tokens (RFC 9207 issuer), when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issuer: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -114,6 +120,24 @@ pub struct PendingAuthorization {
     pub issuer: Option<String>,
     pub scopes: Vec<String>,
     pub redirect_uri: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub expires: OffsetDateTime,
+}
+
+/// A single-use login link, keyed by the SHA-256 of its token.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct LoginLink {
+    pub user_id: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub expires: OffsetDateTime,
+}
+
+/// A browser session, keyed by the SHA-256 of its cookie value.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Session {
+    pub user_id: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created: OffsetDateTime,
     #[serde(with = "time::serde::rfc3339")]
     pub expires: OffsetDateTime,
 }
