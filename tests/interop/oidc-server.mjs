@@ -1,0 +1,89 @@
+// A real OAuth 2.1 / OIDC authorization server (npm oidc-provider) for Scopegate's interop
+// tests, on 127.0.0.1 only. PKCE is required for every client, refresh tokens rotate (reuse is
+// detected by the library), revocation and introspection are on, RFC 9207 `iss` is sent.
+//
+// The login and consent interactions are completed by this script as the test directs:
+//   POST /test/mode {"grant": ["files.read"]}  grant only these scopes
+//   POST /test/mode {"deny": true}            the user denies
+// and GET /test/stats counts token-endpoint requests, so tests can prove none was made.
+//
+// env: PORT, REDIRECT_URI, CLIENT_SECRET, ACCESS_TTL (seconds), NO_S256 (unused here).
+import http from 'node:http';
+import Provider from 'oidc-provider';
+
+const port = Number(process.env.PORT);
+const issuer = `http://127.0.0.1:${port}`;
+const mode = { grant: null, deny: false };
+const stats = { token_requests: 0, revocations: 0, introspections: 0 };
+
+const provider = new Provider(issuer, {
+  clients: [{
+    client_id: 'scopegate',
+    client_secret: process.env.CLIENT_SECRET,
+    redirect_uris: [process.env.REDIRECT_URI],
+    grant_types: ['authorization_code', 'refresh_token'],
+    response_types: ['code'],
+    token_endpoint_auth_method: 'client_secret_basic',
+  }],
+  pkce: { required: () => true },
+  scopes: ['openid', 'offline_access', 'files.read', 'files.write'],
+  features: {
+    devInteractions: { enabled: false },
+    revocation: { enabled: true },
+    introspection: { enabled: true },
+  },
+  rotateRefreshToken: true,
+  issueRefreshToken: async () => true,
+  ttl: { AccessToken: Number(process.env.ACCESS_TTL || 3600), AuthorizationCode: 60, Interaction: 600, Grant: 3600, Session: 3600, RefreshToken: 86400 },
+  interactions: { url: (ctx, interaction) => `/interaction/${interaction.uid}` },
+  findAccount: async (ctx, id) => ({ accountId: id, claims: async () => ({ sub: id }) }),
+  cookies: { keys: ['interop-cookie-key-not-secret'] },
+});
+provider.proxy = false;
+
+async function interaction(req, res) {
+  const details = await provider.interactionDetails(req, res);
+  const { prompt, params } = details;
+  if (prompt.name === 'login') {
+    return provider.interactionFinished(req, res, { login: { accountId: 'alice' } }, { mergeWithLastSubmission: false });
+  }
+  if (mode.deny) {
+    return provider.interactionFinished(req, res, { error: 'access_denied', error_description: 'The user <b>denied</b> access' }, { mergeWithLastSubmission: false });
+  }
+  const asked = String(params.scope || '').split(' ').filter(Boolean);
+  const granted = mode.grant ? asked.filter((s) => mode.grant.includes(s)) : asked;
+  const grant = details.grantId ? await provider.Grant.find(details.grantId) : new provider.Grant({ accountId: details.session.accountId, clientId: params.client_id });
+  grant.addOIDCScope(granted.join(' '));
+  const rejected = asked.filter((s) => !granted.includes(s));
+  if (rejected.length) grant.rejectOIDCScope(rejected.join(' '));
+  const grantId = await grant.save();
+  return provider.interactionFinished(req, res, { consent: { grantId } }, { mergeWithLastSubmission: true });
+}
+
+const callback = provider.callback();
+const server = http.createServer(async (req, res) => {
+  try {
+    if (req.url === '/test/stats') {
+      res.setHeader('content-type', 'application/json');
+      return res.end(JSON.stringify(stats));
+    }
+    if (req.url === '/test/mode' && req.method === 'POST') {
+      let body = '';
+      for await (const chunk of req) body += chunk;
+      const m = JSON.parse(body || '{}');
+      mode.grant = m.grant ?? null;
+      mode.deny = Boolean(m.deny);
+      return res.end('ok');
+    }
+    if (req.url.startsWith('/interaction/')) return await interaction(req, res);
+    const path = req.url.split('?')[0];
+    if (path === '/token') stats.token_requests += 1;
+    if (path === '/token/revocation') stats.revocations += 1;
+    if (path === '/token/introspection') stats.introspections += 1;
+    return callback(req, res);
+  } catch (e) {
+    res.statusCode = 500;
+    res.end(String(e && e.message));
+  }
+});
+server.listen(port, '127.0.0.1', () => console.log(`oidc-provider ready on ${issuer}`));

@@ -1,0 +1,554 @@
+//! The connect flow against a real third-party authorization server: npm `oidc-provider` on
+//! 127.0.0.1 (PKCE required, rotating refresh tokens, RFC 9207 `iss`), driven through the
+//! real gateway binary by a cookie-keeping HTTP client. Needs `npm ci` in tests/interop
+//! (scripts/test.sh runs it).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+#[path = "support/browser.rs"]
+mod browser;
+#[path = "support/harness.rs"]
+mod harness;
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use browser::{Browser, free_port};
+use harness::{Instance, Server};
+
+const CLIENT_SECRET: &str = "interop-client-secret-5f1e2d";
+
+struct Op {
+    child: Child,
+    port: u16,
+    log: std::path::PathBuf,
+}
+
+impl Op {
+    fn start(redirect_uri: &str, dir: &std::path::Path) -> Op {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop");
+        assert!(
+            root.join("node_modules/oidc-provider").exists(),
+            "oidc-provider is not installed: run `npm ci` in tests/interop (scripts/test.sh does)"
+        );
+        let port = free_port();
+        let log = dir.join(format!("op-{port}.log"));
+        let child = Command::new("node")
+            .arg(root.join("oidc-server.mjs"))
+            .env("PORT", port.to_string())
+            .env("REDIRECT_URI", redirect_uri)
+            .env("CLIENT_SECRET", CLIENT_SECRET)
+            .stdout(std::fs::File::create(&log).unwrap())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let op = Op { child, port, log };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !std::fs::read_to_string(&op.log)
+            .unwrap_or_default()
+            .contains("ready")
+        {
+            assert!(Instant::now() < deadline, "oidc-provider did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        op
+    }
+
+    fn issuer(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    async fn token_requests(&self) -> u64 {
+        let v: serde_json::Value = reqwest::get(format!("{}/test/stats", self.issuer()))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        v["token_requests"].as_u64().unwrap()
+    }
+
+    async fn mode(&self, m: serde_json::Value) {
+        reqwest::Client::new()
+            .post(format!("{}/test/mode", self.issuer()))
+            .body(m.to_string())
+            .send()
+            .await
+            .unwrap();
+    }
+}
+
+impl Drop for Op {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+struct Setup {
+    inst: Instance,
+    server: Server,
+    base: String,
+    ops: Vec<Op>,
+}
+
+/// A gateway with one OAuth service per oidc-provider instance (`files`, then `files2`).
+fn setup(n_ops: usize) -> Setup {
+    let gw = free_port();
+    let base = format!("http://127.0.0.1:{gw}");
+    let tmp = tempfile::tempdir().unwrap();
+    let ops: Vec<Op> = (0..n_ops)
+        .map(|_| Op::start(&format!("{base}/oauth/callback"), tmp.path()))
+        .collect();
+    let mut config = format!("listen = \"127.0.0.1:{gw}\"\npublic_url = \"{base}\"\n");
+    for (i, op) in ops.iter().enumerate() {
+        let suffix = if i == 0 {
+            String::new()
+        } else {
+            (i + 1).to_string()
+        };
+        config.push_str(&format!(
+            "[providers.corp{suffix}]\nissuer = \"{}\"\nclient_id = \"scopegate\"\nclient_secret_env = \"SCOPEGATE_TEST_CORP_SECRET\"\n\
+             [services.files{suffix}]\nprovider = \"corp{suffix}\"\nmcp_url = \"http://127.0.0.1:9/mcp\"\nscopes = [\"files.read\", \"files.write\"]\n",
+            op.issuer()
+        ));
+    }
+    let inst = Instance::init_with(&config);
+    let server = inst.start_with(|c| {
+        c.env("SCOPEGATE_TEST_CORP_SECRET", CLIENT_SECRET);
+    });
+    std::mem::forget(tmp);
+    Setup {
+        inst,
+        server,
+        base,
+        ops,
+    }
+}
+
+impl Setup {
+    /// A browser signed in as `user` through a fresh login link.
+    async fn browser(&self, user: &str) -> Browser {
+        let _ = self.inst.run(&["user", "add", user], b"");
+        let link = self.inst.ok(&["user", "link", user], b"").trim().to_owned();
+        let mut b = Browser::new();
+        let page = b.get(&link).await;
+        let token = Browser::form_value(&page.body, "token");
+        let after = b
+            .post(&format!("{}/login", self.base), &[("token", &token)])
+            .await;
+        assert_eq!(after.status, 303, "{}", after.body);
+        b
+    }
+
+    /// Starts connecting `service` and follows the provider until it redirects back to the
+    /// gateway's callback; returns that URL without visiting it.
+    async fn authorize(&self, b: &mut Browser, service: &str) -> String {
+        let page = b.get(&format!("{}/connect", self.base)).await;
+        let csrf = Browser::form_value(&page.body, "csrf");
+        let start = b
+            .post(
+                &format!("{}/connect/{service}", self.base),
+                &[("csrf", &csrf)],
+            )
+            .await;
+        assert_eq!(start.status, 302, "{}", start.body);
+        let loc = start.location.clone().unwrap();
+        assert!(
+            loc.contains("code_challenge_method=S256") && loc.contains("state="),
+            "{loc}"
+        );
+        b.follow_until(start, &format!("{}/oauth/callback", self.base))
+            .await
+            .unwrap_or_else(|p| panic!("stuck at {}: {} {}", p.url, p.status, p.body))
+    }
+
+    fn connections(&self) -> Vec<serde_json::Value> {
+        serde_json::from_str(&self.inst.ok(&["connection", "list", "--json"], b"")).unwrap()
+    }
+}
+
+fn with_param(url: &str, key: &str, value: &str) -> String {
+    let mut u = reqwest::Url::parse(url).unwrap();
+    let pairs: Vec<(String, String)> = u
+        .query_pairs()
+        .into_owned()
+        .filter(|(k, _)| k != key)
+        .collect();
+    u.query_pairs_mut()
+        .clear()
+        .extend_pairs(pairs)
+        .append_pair(key, value);
+    u.to_string()
+}
+
+#[tokio::test]
+async fn happy_path_records_the_granted_scopes_and_flow_pages_are_hardened() {
+    let s = setup(1);
+    let mut b = s.browser("alice").await;
+    let cb = s.authorize(&mut b, "files").await;
+    assert!(
+        cb.contains("iss="),
+        "oidc-provider sends RFC 9207 iss: {cb}"
+    );
+    let done = b.get(&cb).await;
+    assert_eq!(done.status, 303, "{}", done.body);
+    assert_eq!(
+        done.location.as_deref(),
+        Some(format!("{}/connect?connected=files", s.base).as_str())
+    );
+    for (h, v) in [
+        ("cache-control", "no-store"),
+        ("referrer-policy", "no-referrer"),
+    ] {
+        assert_eq!(done.headers.get(h).unwrap(), v);
+    }
+    assert!(
+        done.headers
+            .get("content-security-policy")
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .contains("frame-ancestors 'none'")
+    );
+    assert_eq!(s.ops[0].token_requests().await, 1);
+    let conns = s.connections();
+    assert_eq!(conns.len(), 1);
+    assert_eq!(conns[0]["status"], "active");
+    assert_eq!(
+        conns[0]["scopes"],
+        serde_json::json!(["files.read", "files.write"])
+    );
+    let page = b.get(&format!("{}/connect", s.base)).await;
+    assert!(
+        page.body.contains("connected") && page.body.contains("files.read files.write"),
+        "{}",
+        page.body
+    );
+}
+
+#[tokio::test]
+async fn fewer_scopes_granted_are_what_is_recorded() {
+    let s = setup(1);
+    s.ops[0]
+        .mode(serde_json::json!({"grant": ["files.read"]}))
+        .await;
+    let mut b = s.browser("alice").await;
+    let cb = s.authorize(&mut b, "files").await;
+    assert_eq!(b.get(&cb).await.status, 303);
+    assert_eq!(
+        s.connections()[0]["scopes"],
+        serde_json::json!(["files.read"])
+    );
+}
+
+#[tokio::test]
+async fn a_denial_is_shown_escaped_and_makes_no_token_request() {
+    let s = setup(1);
+    s.ops[0].mode(serde_json::json!({"deny": true})).await;
+    let mut b = s.browser("alice").await;
+    let cb = s.authorize(&mut b, "files").await;
+    assert!(cb.contains("error=access_denied"), "{cb}");
+    let page = b.get(&cb).await;
+    assert_eq!(page.status, 400);
+    assert!(page.body.contains("access_denied"));
+    assert!(
+        !page.body.contains("<b>denied</b>") && page.body.contains("&lt;b&gt;denied&lt;/b&gt;"),
+        "{}",
+        page.body
+    );
+    assert_eq!(s.ops[0].token_requests().await, 0);
+    assert!(s.connections().is_empty());
+}
+
+/// I8/I10: unknown, reused and other-session `state` change nothing and make no token request.
+#[tokio::test]
+async fn bad_state_is_refused_without_a_token_request() {
+    let s = setup(1);
+    let mut b = s.browser("alice").await;
+
+    // Unknown state.
+    let cb = s.authorize(&mut b, "files").await;
+    let forged = with_param(&cb, "state", "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA");
+    let page = b.get(&forged).await;
+    assert_eq!(page.status, 400);
+    assert!(
+        page.body.contains("unknown or was already used"),
+        "{}",
+        page.body
+    );
+    assert_eq!(s.ops[0].token_requests().await, 0);
+
+    // Another browser session (same user, even) delivering this browser's callback.
+    let mut other = s.browser("alice").await;
+    let page = other.get(&cb).await;
+    assert_eq!(page.status, 400);
+    assert!(
+        page.body.contains("another browser session"),
+        "{}",
+        page.body
+    );
+    assert_eq!(s.ops[0].token_requests().await, 0);
+    assert!(s.connections().is_empty());
+
+    // The rightful browser still completes it once...
+    assert_eq!(b.get(&cb).await.status, 303);
+    assert_eq!(s.ops[0].token_requests().await, 1);
+    // ...and a replay is refused with no second token request.
+    let page = b.get(&cb).await;
+    assert_eq!(page.status, 400);
+    assert!(page.body.contains("unknown or was already used"));
+    assert_eq!(s.ops[0].token_requests().await, 1);
+}
+
+/// I9: an `iss` that is not the expected issuer is refused, and a missing one too when the
+/// server advertises RFC 9207.
+#[tokio::test]
+async fn wrong_or_missing_iss_is_refused() {
+    let s = setup(1);
+    let mut b = s.browser("alice").await;
+    let cb = s.authorize(&mut b, "files").await;
+    let page = b.get(&with_param(&cb, "iss", "http://127.0.0.1:1")).await;
+    assert_eq!(page.status, 400);
+    assert!(page.body.contains("iss mismatch"), "{}", page.body);
+    let mut u = reqwest::Url::parse(&cb).unwrap();
+    let pairs: Vec<(String, String)> = u
+        .query_pairs()
+        .into_owned()
+        .filter(|(k, _)| k != "iss")
+        .collect();
+    u.query_pairs_mut().clear().extend_pairs(pairs);
+    let page = b.get(u.as_str()).await;
+    assert_eq!(page.status, 400);
+    assert!(page.body.contains("iss missing"), "{}", page.body);
+    assert_eq!(s.ops[0].token_requests().await, 0);
+    // Neither attempt spent the state: the genuine response still works.
+    assert_eq!(b.get(&cb).await.status, 303);
+}
+
+/// Mix-up (RFC 9207 §1): a response from server B carrying the state of a flow started at A
+/// is refused; neither server's token endpoint is called.
+#[tokio::test]
+async fn mix_up_between_two_authorization_servers_is_refused() {
+    let s = setup(2);
+    let mut b = s.browser("alice").await;
+    let cb_a = s.authorize(&mut b, "files").await;
+    let cb_b = s.authorize(&mut b, "files2").await;
+    let ua = reqwest::Url::parse(&cb_a).unwrap();
+    let ub = reqwest::Url::parse(&cb_b).unwrap();
+    let get = |u: &reqwest::Url, k: &str| {
+        u.query_pairs()
+            .find(|(x, _)| x == k)
+            .unwrap()
+            .1
+            .into_owned()
+    };
+    // B's code and iss with A's state: what an attacker at B would send.
+    let mut mixed = reqwest::Url::parse(&format!("{}/oauth/callback", s.base)).unwrap();
+    mixed
+        .query_pairs_mut()
+        .append_pair("code", &get(&ub, "code"))
+        .append_pair("state", &get(&ua, "state"))
+        .append_pair("iss", &get(&ub, "iss"));
+    let page = b.get(mixed.as_str()).await;
+    assert_eq!(page.status, 400);
+    assert!(page.body.contains("iss mismatch"), "{}", page.body);
+    assert_eq!(s.ops[0].token_requests().await, 0);
+    assert_eq!(s.ops[1].token_requests().await, 0);
+    assert!(s.connections().is_empty());
+}
+
+/// Disconnect revokes at the provider (RFC 7009) and deletes locally.
+#[tokio::test]
+async fn disconnect_revokes_at_the_provider() {
+    let s = setup(1);
+    let mut b = s.browser("alice").await;
+    let cb = s.authorize(&mut b, "files").await;
+    assert_eq!(b.get(&cb).await.status, 303);
+    let page = b.get(&format!("{}/connect", s.base)).await;
+    let csrf = Browser::form_value(&page.body, "csrf");
+    // A forged form (no CSRF token) is refused.
+    let forged = b
+        .post(
+            &format!("{}/connect/files/disconnect", s.base),
+            &[("csrf", "nope")],
+        )
+        .await;
+    assert_eq!(forged.status, 403);
+    assert_eq!(s.connections()[0]["status"], "active");
+    let out = b
+        .post(
+            &format!("{}/connect/files/disconnect", s.base),
+            &[("csrf", &csrf)],
+        )
+        .await;
+    assert_eq!(
+        out.location.as_deref(),
+        Some(format!("{}/connect?disconnected=files", s.base).as_str())
+    );
+    assert_eq!(s.connections()[0]["status"], "revoked");
+    let stats: serde_json::Value = reqwest::get(format!("{}/test/stats", s.ops[0].issuer()))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(stats["revocations"], 2, "refresh token, then access token");
+    let audit = s.inst.ok(&["audit", "list"], b"");
+    assert!(audit.contains("provider_revocation=\"ok\""), "{audit}");
+}
+
+/// The provider unreachable: disconnect still deletes everything locally, and says so.
+#[tokio::test]
+async fn disconnect_with_the_provider_down_still_deletes_locally() {
+    let mut s = setup(1);
+    let mut b = s.browser("alice").await;
+    let cb = s.authorize(&mut b, "files").await;
+    assert_eq!(b.get(&cb).await.status, 303);
+    let page = b.get(&format!("{}/connect", s.base)).await;
+    let csrf = Browser::form_value(&page.body, "csrf");
+    s.ops.clear(); // kills oidc-provider
+    let out = b
+        .post(
+            &format!("{}/connect/files/disconnect", s.base),
+            &[("csrf", &csrf)],
+        )
+        .await;
+    assert_eq!(
+        out.location.as_deref(),
+        Some(format!("{}/connect?unrevoked=files", s.base).as_str())
+    );
+    assert_eq!(s.connections()[0]["status"], "revoked");
+    let page = b.get(out.location.as_deref().unwrap()).await;
+    assert!(page.body.contains("could not be reached"), "{}", page.body);
+    assert!(s.server.term().success());
+    let v = scopegate::vault::Vault::unlock(
+        &s.inst.dir.join("secrets.redb"),
+        &scopegate::secret::Passphrase::new(s.inst.pass.as_bytes().to_vec()),
+    )
+    .unwrap();
+    assert!(v.records().unwrap().is_empty(), "sealed tokens left behind");
+}
+
+/// I4 with real tokens: after connecting, the access and refresh tokens oidc-provider issued
+/// appear in no log line, audit entry, page, command output or raw data file.
+#[tokio::test]
+async fn canary_real_tokens_never_leave_the_vault() {
+    let mut s = setup(1);
+    let mut b = s.browser("alice").await;
+    let cb = s.authorize(&mut b, "files").await;
+    let mut seen = String::new();
+    let done = b.get(&cb).await;
+    seen += &done.body;
+    seen += &b.get(&format!("{}/connect", s.base)).await.body;
+    for args in [
+        &["connection", "list", "--json"][..],
+        &["audit", "list", "--json"][..],
+        &["audit", "list"][..],
+    ] {
+        seen += &s.inst.ok(args, b"");
+    }
+    seen += &reqwest::get(format!("{}/metrics", s.base))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(s.server.term().success());
+    seen += &s.server.logs();
+    let v = scopegate::vault::Vault::unlock(
+        &s.inst.dir.join("secrets.redb"),
+        &scopegate::secret::Passphrase::new(s.inst.pass.as_bytes().to_vec()),
+    )
+    .unwrap();
+    let record = v
+        .records()
+        .unwrap()
+        .into_iter()
+        .find(|r| r.starts_with("secret/"))
+        .unwrap();
+    let access = v
+        .get(&record, "access_token")
+        .unwrap()
+        .unwrap()
+        .expose_secret()
+        .to_vec();
+    let refresh = v
+        .get(&record, "refresh_token")
+        .unwrap()
+        .unwrap()
+        .expose_secret()
+        .to_vec();
+    drop(v);
+    assert!(access.len() >= 20 && refresh.len() >= 20);
+    for token in [&access, &refresh] {
+        assert!(
+            !harness::contains(seen.as_bytes(), token),
+            "a token appeared in output"
+        );
+        for (path, bytes) in harness::all_files(s.inst.tmp.path()) {
+            assert!(
+                !harness::contains(&bytes, token),
+                "a token appeared in {}",
+                path.display()
+            );
+        }
+    }
+}
+
+/// Discovery refuses a server whose metadata lacks S256, and one whose metadata names
+/// another issuer; nothing is redirected.
+#[tokio::test]
+async fn discovery_refuses_servers_without_s256_or_with_another_issuer() {
+    for (case, methods, issuer_override) in [
+        ("no-s256", r#"["plain"]"#, None),
+        ("wrong-issuer", r#"["S256"]"#, Some("https://evil.example")),
+    ] {
+        let port = free_port();
+        let issuer = format!("http://127.0.0.1:{port}");
+        let meta = format!(
+            r#"{{"issuer":"{}","authorization_endpoint":"{issuer}/auth","token_endpoint":"{issuer}/token","code_challenge_methods_supported":{methods}}}"#,
+            issuer_override.unwrap_or(&issuer)
+        );
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+            .await
+            .unwrap();
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut sock, _)) = listener.accept().await else {
+                    return;
+                };
+                let meta = meta.clone();
+                tokio::spawn(async move {
+                    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                    let mut buf = [0u8; 4096];
+                    let _ = sock.read(&mut buf).await;
+                    let resp = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{meta}",
+                        meta.len()
+                    );
+                    let _ = sock.write_all(resp.as_bytes()).await;
+                });
+            }
+        });
+        let gw = free_port();
+        let base = format!("http://127.0.0.1:{gw}");
+        let inst = Instance::init_with(&format!(
+            "listen = \"127.0.0.1:{gw}\"\n[providers.weak]\nissuer = \"{issuer}\"\nclient_id = \"c\"\n[services.weak]\nprovider = \"weak\"\nmcp_url = \"http://127.0.0.1:9/mcp\"\nscopes = [\"x\"]\n"
+        ));
+        let _server = inst.start();
+        inst.ok(&["user", "add", "alice"], b"");
+        let link = inst.ok(&["user", "link", "alice"], b"").trim().to_owned();
+        let mut b = Browser::new();
+        let token = Browser::form_value(&b.get(&link).await.body, "token");
+        b.post(&format!("{base}/login"), &[("token", &token)]).await;
+        let csrf = Browser::form_value(&b.get(&format!("{base}/connect")).await.body, "csrf");
+        let page = b
+            .post(&format!("{base}/connect/weak"), &[("csrf", &csrf)])
+            .await;
+        assert_eq!(page.status, 502, "{case}: {}", page.body);
+        assert!(page.location.is_none(), "{case}: redirected anyway");
+        let want = if case == "no-s256" { "S256" } else { "issuer" };
+        assert!(page.body.contains(want), "{case}: {}", page.body);
+    }
+}
