@@ -4,16 +4,22 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# Debian tools some tests drive: systemd-analyze (unit check), setpriv (other-uid socket
-# check). Tests that need them skip with a note when they cannot be had.
+# Debian packages the tests drive: systemd-analyze (unit check), setpriv (other-uid socket
+# check), chromium (the connect page end to end), node and npm (the interop peers).
 need=()
 command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
 command -v setpriv >/dev/null 2>&1 || need+=(util-linux)
+[ -x /usr/bin/chromium ] || need+=(chromium)
+command -v node >/dev/null 2>&1 || need+=(nodejs npm)
 if [ "${#need[@]}" -gt 0 ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
   echo "test.sh: installing ${need[*]}"
-  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null || echo "test.sh: could not install ${need[*]}; dependent tests will skip"
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null || echo "test.sh: could not install ${need[*]}; the tests that need them will fail"
 fi
 rustup component add rustfmt clippy >/dev/null 2>&1 || true
+
+# Interop peers from the npm registry, pinned by tests/interop/package-lock.json:
+# oidc-provider (a real OAuth 2.1 / OIDC server) and playwright-core (drives Debian's chromium).
+(cd tests/interop && npm ci --no-audit --no-fund --loglevel=error)
 
 cargo fmt --all -- --check
 cargo clippy --locked --all-targets -- -D warnings

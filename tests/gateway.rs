@@ -404,3 +404,95 @@ async fn admin_socket_refuses_another_uid() {
     );
     assert!(g.users().unwrap().is_empty());
 }
+
+/// I8: a `state` older than ten minutes is refused, and so is one from another session; the
+/// checks change nothing (the right session can still use a fresh one).
+#[test]
+fn i8_expired_and_foreign_state_are_refused() {
+    use scopegate::gateway::connect::CallbackRefusal;
+    let f = fixture();
+    f.g.user_add("alice").unwrap();
+    let link = f.g.login_link("alice").unwrap();
+    let (session, user) = f.g.login(link.expose_secret()).unwrap();
+    assert!(
+        f.g.login(link.expose_secret()).is_err(),
+        "a login link works once"
+    );
+    let begun =
+        f.g.begin_connect(
+            &user,
+            session.expose_secret(),
+            "search",
+            Some("https://as.example"),
+            &["a".into()],
+            "http://127.0.0.1/cb",
+        )
+        .unwrap();
+    let state = String::from_utf8(begun.state.expose_secret().to_vec()).unwrap();
+    let ok =
+        f.g.check_callback(
+            &state,
+            Some(session.expose_secret()),
+            Some("https://as.example"),
+            true,
+        )
+        .unwrap();
+    assert_eq!(ok.user_id, user.id);
+    assert_eq!(
+        f.g.check_callback(
+            &state,
+            Some(b"another session"),
+            Some("https://as.example"),
+            true
+        )
+        .unwrap_err(),
+        CallbackRefusal::OtherSession
+    );
+    assert_eq!(
+        f.g.check_callback(&state, None, Some("https://as.example"), true)
+            .unwrap_err(),
+        CallbackRefusal::OtherSession
+    );
+    // Age it past its ten minutes.
+    f.g.store
+        .write(|t| {
+            let mut p = t.take_pending(&ok.state_hash)?.unwrap();
+            p.expires = t.now - time::Duration::seconds(1);
+            t.put_pending(&p)?;
+            t.audit(scopegate::store::audit::Event::new(
+                "test", "age", "pending", "ok",
+            ))
+            .map(drop)
+        })
+        .unwrap();
+    assert_eq!(
+        f.g.check_callback(
+            &state,
+            Some(session.expose_secret()),
+            Some("https://as.example"),
+            true
+        )
+        .unwrap_err(),
+        CallbackRefusal::Expired
+    );
+    // Start-up reconciliation purges it and its sealed verifier.
+    assert!(
+        f.g.vault
+            .records()
+            .unwrap()
+            .iter()
+            .any(|r| r.starts_with("pending/"))
+    );
+    f.g.reconcile().unwrap();
+    assert!(f.g.vault.records().unwrap().is_empty());
+    assert_eq!(
+        f.g.check_callback(
+            &state,
+            Some(session.expose_secret()),
+            Some("https://as.example"),
+            true
+        )
+        .unwrap_err(),
+        CallbackRefusal::UnknownState
+    );
+}
