@@ -1,6 +1,10 @@
 //! The user's pages: login by link, the connect page, starting an authorization, the OAuth
 //! callback, disconnecting. HTTP glue only: decisions live in `gateway` and `oauth`.
 
+// The guards return the refusal page itself as their error; a response is large, but it is
+// built once per request on the refusal path only.
+#![allow(clippy::result_large_err)]
+
 use std::sync::Arc;
 
 use axum::extract::{Path, RawQuery, State};
@@ -240,12 +244,9 @@ pub async fn connect_page(
         esc(&user.name)
     ));
     for (name, svc) in &state.gateway.config.services {
-        let conn = conns
-            .iter()
-            .filter(|c| {
-                c.user_id == uid && &c.service == name && c.status != ConnectionStatus::Revoked
-            })
-            .next_back();
+        let conn = conns.iter().rfind(|c| {
+            c.user_id == uid && &c.service == name && c.status != ConnectionStatus::Revoked
+        });
         let status = match conn {
             Some(c) if c.status == ConnectionStatus::NeedsReauth => format!(
                 "<span class=\"bad\">needs reconnecting</span>{}",
@@ -461,12 +462,11 @@ pub async fn callback(
         Some(Ok(p)) => p,
         Some(Err(refusal_reason)) => {
             tracing::info!(reason = %refusal_reason, "refused an OAuth callback");
-            let status = if refusal_reason == CallbackRefusal::IssuerMismatch {
-                StatusCode::BAD_REQUEST
-            } else {
-                StatusCode::BAD_REQUEST
-            };
-            return refusal(status, "Sign-in refused", &refusal_reason.to_string());
+            return refusal(
+                StatusCode::BAD_REQUEST,
+                "Sign-in refused",
+                &refusal_reason.to_string(),
+            );
         }
         None => return internal(),
     };
