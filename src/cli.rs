@@ -53,6 +53,49 @@ enum Command {
     /// Read and verify the audit log
     #[command(subcommand)]
     Audit(AuditCmd),
+    /// Manage agents (the MCP clients that call tools through the gateway)
+    #[command(subcommand)]
+    Agent(AgentCmd),
+    /// Manage permission profiles (which services and tools an agent may use)
+    #[command(subcommand)]
+    Profile(ProfileCmd),
+}
+
+#[derive(Debug, Subcommand)]
+enum AgentCmd {
+    /// Create an agent for a user; prints its token once, alone on its line
+    Add {
+        name: String,
+        #[arg(long)]
+        user: String,
+        /// Without a profile the agent may use every service and tool of its user
+        #[arg(long)]
+        profile: Option<String>,
+    },
+    /// List agents
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke an agent's token at once
+    Revoke { name: String },
+}
+
+#[derive(Debug, Subcommand)]
+enum ProfileCmd {
+    /// Create a profile: --allow SERVICE or SERVICE:TOOL_GLOB, repeated
+    Add {
+        name: String,
+        #[arg(long, required = true, num_args = 1..)]
+        allow: Vec<String>,
+    },
+    /// List profiles
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove a profile no agent uses
+    Remove { name: String },
 }
 
 #[derive(Debug, Args)]
@@ -139,6 +182,8 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Connection(c) => manage::connection(&data_dir, c),
         Command::Apikey(c) => manage::apikey(&data_dir, c),
         Command::Audit(c) => manage::audit(&data_dir, c),
+        Command::Agent(c) => manage::agent(&data_dir, c),
+        Command::Profile(c) => manage::profile(&data_dir, c),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

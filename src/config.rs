@@ -38,6 +38,7 @@ struct RawLimits {
     max_header_bytes: Option<usize>,
     header_read_timeout_secs: Option<u64>,
     shutdown_grace_secs: Option<u64>,
+    upstream_response_timeout_secs: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -88,6 +89,9 @@ pub struct Limits {
     pub max_header_bytes: usize,
     pub header_read_timeout_secs: u64,
     pub shutdown_grace_secs: u64,
+    /// How long an upstream may take to start answering (504 after); a started stream is
+    /// not cut.
+    pub upstream_response_timeout_secs: u64,
 }
 
 impl Default for Limits {
@@ -98,6 +102,7 @@ impl Default for Limits {
             max_header_bytes: 16 * 1024,
             header_read_timeout_secs: 10,
             shutdown_grace_secs: 10,
+            upstream_response_timeout_secs: 30,
         }
     }
 }
@@ -229,6 +234,11 @@ fn check(raw: RawConfig) -> Result<Config, String> {
             d.header_read_timeout_secs,
         )?,
         shutdown_grace_secs: l.shutdown_grace_secs.unwrap_or(d.shutdown_grace_secs),
+        upstream_response_timeout_secs: positive(
+            "limits.upstream_response_timeout_secs",
+            l.upstream_response_timeout_secs,
+            d.upstream_response_timeout_secs,
+        )?,
     };
     let mut providers = BTreeMap::new();
     for (name, p) in raw.providers {

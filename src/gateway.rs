@@ -9,6 +9,7 @@
 //! connection points at is deleted; a live connection whose record is missing goes to
 //! `needs_reauth`.
 
+pub mod agents;
 pub mod connect;
 
 use std::collections::BTreeSet;
@@ -143,6 +144,15 @@ impl Gateway {
                     c.updated = t.now;
                     t.put_connection(&c)?;
                 }
+            }
+            // Their agents go too: a token of a removed user must not keep working.
+            for mut a in t
+                .agents()?
+                .into_iter()
+                .filter(|a| a.user_id == user.id && a.revoked.is_none())
+            {
+                a.revoked = Some(t.now);
+                t.put_agent(&a)?;
             }
             t.remove_user(&user)?;
             t.audit(

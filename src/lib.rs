@@ -2,6 +2,7 @@
 //! it without ever holding those people's credentials.
 
 pub mod admin;
+pub mod agent_token;
 pub mod cli;
 pub mod config;
 pub mod datadir;
@@ -11,6 +12,8 @@ pub mod fuzzing;
 pub mod gateway;
 pub mod oauth;
 pub mod passphrase;
+pub mod policy;
+pub mod proxy;
 pub mod secret;
 pub mod store;
 pub mod vault;

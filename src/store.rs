@@ -5,6 +5,7 @@
 //! what it did; the entry commits in the same transaction, so an action that cannot be
 //! audited does not happen (I7).
 
+mod agents;
 pub mod audit;
 pub mod records;
 mod sessions;
@@ -28,6 +29,9 @@ const USERS: TableDefinition<&str, &[u8]> = TableDefinition::new("users");
 const USER_NAMES: TableDefinition<&str, &str> = TableDefinition::new("user_names");
 const AGENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("agents");
 const PROFILES: TableDefinition<&str, &[u8]> = TableDefinition::new("profiles");
+const PROFILE_NAMES: TableDefinition<&str, &str> = TableDefinition::new("profile_names");
+const AGENT_NAMES: TableDefinition<&str, &str> = TableDefinition::new("agent_names");
+const AGENT_HASHES: TableDefinition<&str, &str> = TableDefinition::new("agent_token_hashes");
 const CONNECTIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("connections");
 const PENDING: TableDefinition<&str, &[u8]> = TableDefinition::new("pending_authorizations");
 const LOGIN_LINKS: TableDefinition<&str, &[u8]> = TableDefinition::new("login_links");
@@ -209,6 +213,9 @@ fn create_tables(txn: &WriteTransaction) -> Result<(), StoreError> {
     txn.open_table(USER_NAMES).map_err(st)?;
     txn.open_table(AGENTS).map_err(st)?;
     txn.open_table(PROFILES).map_err(st)?;
+    txn.open_table(PROFILE_NAMES).map_err(st)?;
+    txn.open_table(AGENT_NAMES).map_err(st)?;
+    txn.open_table(AGENT_HASHES).map_err(st)?;
     txn.open_table(CONNECTIONS).map_err(st)?;
     txn.open_table(PENDING).map_err(st)?;
     txn.open_table(LOGIN_LINKS).map_err(st)?;

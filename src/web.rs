@@ -45,6 +45,7 @@ pub struct AppState {
     pub oauth: Arc<crate::oauth::client::OAuthClient>,
     pub public_url: url::Url,
     pub demo: Option<Arc<demo::DemoProvider>>,
+    pub proxy: Arc<crate::proxy::Proxy>,
 }
 
 pub fn router(state: AppState, limits: &Limits) -> Router {
@@ -61,6 +62,11 @@ pub fn router(state: AppState, limits: &Limits) -> Router {
         .route("/metrics", get(metrics))
         .merge(flow)
         .with_state(state.clone());
+    app = app.merge(
+        Router::new()
+            .route("/mcp/{service}", axum::routing::any(crate::proxy::handle))
+            .with_state(state.proxy.clone()),
+    );
     if let Some(d) = &state.demo {
         app = app.merge(demo::routes(d.clone()));
     }

@@ -37,6 +37,23 @@ pub enum Request {
         after: u64,
         limit: usize,
     },
+    AgentAdd {
+        name: String,
+        user: String,
+        profile: Option<String>,
+    },
+    AgentList,
+    AgentRevoke {
+        name: String,
+    },
+    ProfileAdd {
+        name: String,
+        allow: Vec<String>,
+    },
+    ProfileList,
+    ProfileRemove {
+        name: String,
+    },
     AuditVerify,
 }
 
@@ -62,6 +79,12 @@ impl Request {
             Self::ApikeySet { .. } => "apikey_set",
             Self::AuditList { .. } => "audit_list",
             Self::AuditVerify => "audit_verify",
+            Self::AgentAdd { .. } => "agent_add",
+            Self::AgentList => "agent_list",
+            Self::AgentRevoke { .. } => "agent_revoke",
+            Self::ProfileAdd { .. } => "profile_add",
+            Self::ProfileList => "profile_list",
+            Self::ProfileRemove { .. } => "profile_remove",
         }
     }
 }

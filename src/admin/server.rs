@@ -169,6 +169,20 @@ fn run_request(g: &Gateway, status: &(dyn Fn() -> Status + Send + Sync), req: Re
             g.audit_after(after, limit.min(10_000)).map(to_value)
         }
         Request::AuditVerify => g.audit_verify().map(to_value),
+        // The token crosses the owner-only socket once, to be printed once.
+        Request::AgentAdd { name, user, profile } => g.agent_add(&name, &user, profile.as_deref()).map(|(a, token)| {
+            to_value(serde_json::json!({"agent": a.id, "token": String::from_utf8_lossy(token.expose_secret())}))
+        }),
+        Request::AgentList => g.agents().map(to_value),
+        Request::AgentRevoke { name } => g.agent_revoke(&name).map(|()| Response::ok(serde_json::Value::Null)),
+        Request::ProfileAdd { name, allow } => {
+            match allow.iter().map(|r| crate::policy::parse_rule(r)).collect::<Result<Vec<_>, _>>() {
+                Ok(rules) => g.profile_add(&name, rules).map(to_value),
+                Err(e) => Ok(Response::err(e)),
+            }
+        }
+        Request::ProfileList => g.profiles().map(to_value),
+        Request::ProfileRemove { name } => g.profile_remove(&name).map(|()| Response::ok(serde_json::Value::Null)),
     };
     result.unwrap_or_else(|e| Response::err(e.to_string()))
 }

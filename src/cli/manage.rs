@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 
-use super::{ApikeyCmd, AuditCmd, ConnectionCmd, UserCmd};
+use super::{AgentCmd, ApikeyCmd, AuditCmd, ConnectionCmd, ProfileCmd, UserCmd};
 use crate::admin::client::{self, call};
 use crate::admin::proto::Request;
 use crate::datadir::DataDir;
@@ -76,6 +76,90 @@ pub fn connection(dir: &DataDir, cmd: ConnectionCmd) -> anyhow::Result<()> {
         ConnectionCmd::Revoke { id } => {
             call::<serde_json::Value>(&socket, &Request::ConnectionRevoke { id: id.clone() })?;
             println!("revoked connection {id}");
+        }
+    }
+    Ok(())
+}
+
+pub fn agent(dir: &DataDir, cmd: AgentCmd) -> anyhow::Result<()> {
+    let socket = dir.socket_path();
+    match cmd {
+        AgentCmd::Add {
+            name,
+            user,
+            profile,
+        } => {
+            let out: serde_json::Value = call(
+                &socket,
+                &Request::AgentAdd {
+                    name,
+                    user,
+                    profile,
+                },
+            )?;
+            eprintln!("the agent token is shown once; store it in the MCP client's configuration");
+            println!("{}", out["token"].as_str().unwrap_or_default());
+        }
+        AgentCmd::List { json } => {
+            let agents: Vec<crate::store::Agent> = call(&socket, &Request::AgentList)?;
+            if json {
+                println!("{}", serde_json::to_string(&agents)?);
+            } else {
+                for a in agents {
+                    let state = if a.revoked.is_some() {
+                        "revoked"
+                    } else {
+                        "active"
+                    };
+                    println!(
+                        "{}\t{}\t{}\t{}",
+                        a.name,
+                        a.id,
+                        a.profile.as_deref().unwrap_or("-"),
+                        state
+                    );
+                }
+            }
+        }
+        AgentCmd::Revoke { name } => {
+            call::<serde_json::Value>(&socket, &Request::AgentRevoke { name: name.clone() })?;
+            println!("revoked agent {name}");
+        }
+    }
+    Ok(())
+}
+
+pub fn profile(dir: &DataDir, cmd: ProfileCmd) -> anyhow::Result<()> {
+    let socket = dir.socket_path();
+    match cmd {
+        ProfileCmd::Add { name, allow } => {
+            let p: crate::store::Profile = call(&socket, &Request::ProfileAdd { name, allow })?;
+            println!("added profile {} ({})", p.name, p.id);
+        }
+        ProfileCmd::List { json } => {
+            let profiles: Vec<crate::store::Profile> = call(&socket, &Request::ProfileList)?;
+            if json {
+                println!("{}", serde_json::to_string(&profiles)?);
+            } else {
+                for p in profiles {
+                    let rules: Vec<String> = p
+                        .rules
+                        .iter()
+                        .map(|r| {
+                            if r.tools.is_empty() {
+                                r.service.clone()
+                            } else {
+                                format!("{}:{}", r.service, r.tools.join(","))
+                            }
+                        })
+                        .collect();
+                    println!("{}\t{}", p.name, rules.join(" "));
+                }
+            }
+        }
+        ProfileCmd::Remove { name } => {
+            call::<serde_json::Value>(&socket, &Request::ProfileRemove { name: name.clone() })?;
+            println!("removed profile {name}");
         }
     }
     Ok(())

@@ -192,6 +192,10 @@ async fn run_async(
         oauth: Arc::new(crate::oauth::client::OAuthClient::new()),
         public_url: gateway.config.public_url.clone(),
         demo,
+        proxy: Arc::new(crate::proxy::Proxy::new(
+            gateway.clone(),
+            crate::proxy::audit_queue::AuditQueue::start(gateway.clone()),
+        )),
     };
     let app = web::router(state, &limits);
     let (tx, rx) = watch::channel(false);

@@ -1,0 +1,192 @@
+//! Agents and permission profiles: the admin operations, and authenticating an agent's token.
+
+use time::OffsetDateTime;
+
+use super::{ADMIN, Gateway, GatewayError, check_user_name};
+use crate::agent_token;
+use crate::secret::SecretBytes;
+use crate::store::audit::Event;
+use crate::store::{Agent, Profile, ProfileRule, StoreError, User};
+
+/// An authenticated agent with what it may do.
+#[derive(Debug, Clone)]
+pub struct Principal {
+    pub agent: Agent,
+    pub user: User,
+    pub profile: Option<Profile>,
+}
+
+impl Gateway {
+    /// Creates an agent; the token is returned once and only its hash is stored.
+    pub fn agent_add(
+        &self,
+        name: &str,
+        user: &str,
+        profile: Option<&str>,
+    ) -> Result<(Agent, SecretBytes), GatewayError> {
+        check_user_name(name).map_err(|_| {
+            GatewayError::Invalid("agent names use 1-64 letters, digits and - _ . @".into())
+        })?;
+        let token = agent_token::generate();
+        let hash = agent_token::lookup_hash(token.expose_secret());
+        let agent = self.store.write(|t| {
+            let u = t
+                .user_by_name(user)?
+                .ok_or_else(|| StoreError::NotFound(format!("no user named {user}")))?;
+            let profile_id = match profile {
+                Some(p) => Some(
+                    t.profile_by_name(p)?
+                        .ok_or_else(|| StoreError::NotFound(format!("no profile named {p}")))?
+                        .id,
+                ),
+                None => None,
+            };
+            let agent = Agent {
+                id: uuid::Uuid::now_v7().to_string(),
+                user_id: u.id.clone(),
+                name: name.to_owned(),
+                profile: profile_id,
+                token_hash: hash.clone(),
+                created: t.now,
+                revoked: None,
+            };
+            t.insert_agent(&agent)?;
+            t.audit(
+                Event::new(ADMIN, "agent.add", name, "ok")
+                    .detail("user", user)
+                    .detail("profile", profile.unwrap_or("(none: all services)")),
+            )?;
+            Ok(agent)
+        })?;
+        Ok((agent, token))
+    }
+
+    pub fn agents(&self) -> Result<Vec<Agent>, GatewayError> {
+        Ok(self.store.read()?.agents()?)
+    }
+
+    /// Revokes at once: the next request with the token is refused.
+    pub fn agent_revoke(&self, name: &str) -> Result<(), GatewayError> {
+        self.store.write(|t| {
+            let mut a = t
+                .agent_by_name(name)?
+                .ok_or_else(|| StoreError::NotFound(format!("no agent named {name}")))?;
+            if a.revoked.is_some() {
+                return Err(StoreError::Conflict(format!(
+                    "agent {name} is already revoked"
+                )));
+            }
+            a.revoked = Some(t.now);
+            t.put_agent(&a)?;
+            t.audit(Event::new(ADMIN, "agent.revoke", name, "ok"))?;
+            Ok(())
+        })?;
+        Ok(())
+    }
+
+    pub fn profile_add(
+        &self,
+        name: &str,
+        rules: Vec<ProfileRule>,
+    ) -> Result<Profile, GatewayError> {
+        check_user_name(name).map_err(|_| {
+            GatewayError::Invalid("profile names use 1-64 letters, digits and - _ . @".into())
+        })?;
+        if rules.is_empty() {
+            return Err(GatewayError::Invalid(
+                "a profile needs at least one --allow rule".into(),
+            ));
+        }
+        for r in &rules {
+            if !self.config.services.contains_key(&r.service) {
+                return Err(GatewayError::Invalid(format!(
+                    "no service named {} in the config",
+                    r.service
+                )));
+            }
+        }
+        let profile = Profile {
+            id: uuid::Uuid::now_v7().to_string(),
+            name: name.to_owned(),
+            rules: crate::policy::merge(rules),
+            created: OffsetDateTime::now_utc(),
+        };
+        self.store.write(|t| {
+            t.insert_profile(&profile)?;
+            let summary: Vec<String> = profile
+                .rules
+                .iter()
+                .map(|r| {
+                    if r.tools.is_empty() {
+                        r.service.clone()
+                    } else {
+                        format!("{}:{}", r.service, r.tools.join(","))
+                    }
+                })
+                .collect();
+            t.audit(
+                Event::new(ADMIN, "profile.add", name, "ok").detail("allow", summary.join(" ")),
+            )?;
+            Ok(())
+        })?;
+        Ok(profile)
+    }
+
+    pub fn profiles(&self) -> Result<Vec<Profile>, GatewayError> {
+        Ok(self.store.read()?.profiles()?)
+    }
+
+    /// Refused while a live agent uses the profile: removing it would widen that agent's
+    /// rights to the no-profile default.
+    pub fn profile_remove(&self, name: &str) -> Result<(), GatewayError> {
+        self.store.write(|t| {
+            let p = t
+                .profile_by_name(name)?
+                .ok_or_else(|| StoreError::NotFound(format!("no profile named {name}")))?;
+            if let Some(a) = t
+                .agents()?
+                .into_iter()
+                .find(|a| a.revoked.is_none() && a.profile.as_deref() == Some(&p.id))
+            {
+                return Err(StoreError::Conflict(format!(
+                    "agent {} uses profile {name}; revoke it first",
+                    a.name
+                )));
+            }
+            t.remove_profile(&p)?;
+            t.audit(Event::new(ADMIN, "profile.remove", name, "ok"))?;
+            Ok(())
+        })?;
+        Ok(())
+    }
+
+    /// I11: the agent behind a bearer token, checked on every request. `None` for anything
+    /// unknown, malformed or revoked — the caller answers all of them alike.
+    pub fn authenticate_agent(&self, token: &[u8]) -> Result<Option<Principal>, GatewayError> {
+        if !agent_token::well_formed(token) {
+            return Ok(None);
+        }
+        let r = self.store.read()?;
+        let Some(agent) = r.agent_by_token_hash(&agent_token::lookup_hash(token))? else {
+            return Ok(None);
+        };
+        if agent.revoked.is_some() {
+            return Ok(None);
+        }
+        let Some(user) = r.user(&agent.user_id)? else {
+            return Ok(None);
+        };
+        let profile =
+            match &agent.profile {
+                Some(id) => Some(r.profile(id)?.ok_or_else(|| {
+                    GatewayError::NotFound("the agent's profile is missing".into())
+                })?),
+                None => None,
+            };
+        Ok(Some(Principal {
+            agent,
+            user,
+            profile,
+        }))
+    }
+}

@@ -1,0 +1,532 @@
+//! The MCP proxy at `/mcp/{service}`: authenticates the agent on every request (I11), applies
+//! its profile before anything reaches upstream (I12), swaps credentials — the agent's never
+//! goes upstream, the provider's never comes back (I13) — binds upstream sessions to the agent
+//! that opened them (I14), and streams the answer back as it arrives.
+
+pub mod audit_queue;
+pub mod jsonrpc;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use futures_util::StreamExt;
+use serde_json::Value;
+
+use crate::config::ServiceKind;
+use crate::gateway::Gateway;
+use crate::gateway::agents::Principal;
+use crate::gateway::connect::ACCESS_FIELD;
+use crate::policy::{self, Decision};
+use crate::store::ConnectionStatus;
+use crate::store::audit::Event;
+use audit_queue::AuditQueue;
+use jsonrpc::Message;
+
+/// The first revision without sessions (stateless MCP, SEP-2575).
+const STATELESS_REVISION: &str = "2026-07-28";
+/// JSON-RPC codes: header/body mismatch (2026-07-28 transports), URL elicitation required
+/// (2025-11-25 `-32042`), and our own "not permitted".
+const HEADER_MISMATCH: i64 = -32020;
+const URL_ELICITATION_REQUIRED: i64 = -32042;
+const NOT_PERMITTED: i64 = -32003;
+const MAX_SESSIONS: usize = 100_000;
+const TOOLS_LIST_CAP: usize = 4 * 1024 * 1024;
+/// Request headers passed upstream; everything else (Authorization, Cookie, …) is dropped.
+const FORWARD_REQUEST: [&str; 6] = [
+    "content-type",
+    "accept",
+    "mcp-protocol-version",
+    "mcp-method",
+    "mcp-name",
+    "last-event-id",
+];
+/// Response headers passed back; upstream's WWW-Authenticate and cookies are not the agent's.
+const FORWARD_RESPONSE: [&str; 5] = [
+    "content-type",
+    "mcp-session-id",
+    "mcp-protocol-version",
+    "cache-control",
+    "retry-after",
+];
+
+pub struct Proxy {
+    pub gateway: Arc<Gateway>,
+    http: reqwest::Client,
+    /// Upstream session id → (service, agent id) that opened it (I14).
+    sessions: Mutex<HashMap<String, (String, String)>>,
+    pub audit: AuditQueue,
+    public_origin: String,
+    connect_url: String,
+    pub response_start_timeout: Duration,
+}
+
+impl Proxy {
+    pub fn new(gateway: Arc<Gateway>, audit: AuditQueue) -> Self {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        #[allow(clippy::expect_used)] // invariant: this builder configuration is static and valid.
+        let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .connect_timeout(Duration::from_secs(5))
+            .pool_idle_timeout(Duration::from_secs(60))
+            .tcp_nodelay(true)
+            .build()
+            .expect("HTTP client");
+        let public = gateway.config.public_url.clone();
+        Self {
+            http,
+            sessions: Mutex::new(HashMap::new()),
+            audit,
+            public_origin: public.origin().ascii_serialization(),
+            connect_url: format!("{}/connect", public.as_str().trim_end_matches('/')),
+            response_start_timeout: Duration::from_secs(
+                gateway.config.limits.upstream_response_timeout_secs,
+            ),
+            gateway,
+        }
+    }
+}
+
+fn json_response(status: StatusCode, body: Vec<u8>) -> Response {
+    let mut r = (status, body).into_response();
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+fn plain(status: StatusCode, text: &'static str) -> Response {
+    (status, text).into_response()
+}
+
+fn unauthorized() -> Response {
+    // No detail for unknown, malformed or revoked agents alike (I11).
+    let mut r = plain(StatusCode::UNAUTHORIZED, "unauthorized\n");
+    r.headers_mut()
+        .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    r
+}
+
+fn bearer(headers: &HeaderMap) -> Option<&[u8]> {
+    let v = headers.get(header::AUTHORIZATION)?.as_bytes();
+    let rest = v
+        .strip_prefix(b"Bearer ")
+        .or_else(|| v.strip_prefix(b"bearer "))?;
+    Some(rest.trim_ascii())
+}
+
+pub async fn handle(
+    State(proxy): State<Arc<Proxy>>,
+    Path(service): Path<String>,
+    method: Method,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    let started = Instant::now();
+    // DNS-rebinding defence: a browser page from another origin gets 403.
+    if let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok())
+        && origin != proxy.public_origin
+    {
+        return plain(StatusCode::FORBIDDEN, "origin not allowed\n");
+    }
+    let Some(token) = bearer(&headers) else {
+        return unauthorized();
+    };
+    let g = proxy.gateway.clone();
+    let t = token.to_vec();
+    let principal = match tokio::task::spawn_blocking(move || g.authenticate_agent(&t)).await {
+        Ok(Ok(Some(p))) => p,
+        Ok(Ok(None)) => return unauthorized(),
+        _ => return plain(StatusCode::INTERNAL_SERVER_ERROR, "internal error\n"),
+    };
+    let Some(svc) = proxy.gateway.config.services.get(&service) else {
+        return plain(StatusCode::NOT_FOUND, "no such service\n");
+    };
+    if !proxy.audit.healthy() {
+        return plain(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the audit log cannot be written; calls are refused\n",
+        );
+    }
+    let version = headers
+        .get("mcp-protocol-version")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let stateless = !version.is_empty() && version >= STATELESS_REVISION;
+    if method != Method::POST && stateless {
+        return plain(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "stateless MCP uses POST only\n",
+        );
+    }
+    let message = if method == Method::POST {
+        match jsonrpc::inspect(&body) {
+            Ok(m) => Some(m),
+            Err(e) => {
+                return json_response(
+                    StatusCode::BAD_REQUEST,
+                    jsonrpc::error(&Value::Null, -32600, &e.to_string(), None),
+                );
+            }
+        }
+    } else {
+        None
+    };
+    let id = match &message {
+        Some(Message::Request { id, .. }) => id.clone(),
+        _ => Value::Null,
+    };
+    // 2026-07-28: Mcp-Method / Mcp-Name must match the body (SEP-2243).
+    if stateless && let Some(m) = &message {
+        let header_method = headers.get("mcp-method").and_then(|v| v.to_str().ok());
+        let header_name = headers.get("mcp-name").and_then(|v| v.to_str().ok());
+        let body_name = match m {
+            Message::Request { target, .. } => target.as_deref(),
+            _ => None,
+        };
+        if header_method != m.method() || (body_name.is_some() && header_name != body_name) {
+            return json_response(
+                StatusCode::BAD_REQUEST,
+                jsonrpc::error(
+                    &id,
+                    HEADER_MISMATCH,
+                    "Mcp-Method / Mcp-Name headers do not match the body",
+                    None,
+                ),
+            );
+        }
+    }
+    let tool = match &message {
+        Some(Message::Request {
+            method,
+            target: Some(t),
+            ..
+        }) if method == "tools/call" => Some(t.clone()),
+        _ => None,
+    };
+    let decision = match &tool {
+        Some(t) => policy::tool_allowed(principal.profile.as_ref(), &service, t),
+        None => policy::service_allowed(principal.profile.as_ref(), &service),
+    };
+    if let Decision::Deny(reason) = decision {
+        // I12: answered here; nothing reaches upstream.
+        let event = call_event(
+            &principal,
+            &service,
+            tool.as_deref(),
+            message.as_ref(),
+            "denied",
+            started,
+        );
+        if !proxy.audit.record(event) {
+            return plain(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the audit log cannot be written; calls are refused\n",
+            );
+        }
+        return json_response(
+            StatusCode::OK,
+            jsonrpc::error(&id, NOT_PERMITTED, &reason, None),
+        );
+    }
+    // I14: a session id is only usable by the agent that opened it (and is never auth).
+    let session = headers
+        .get("mcp-session-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    if !stateless && let Some(sid) = &session {
+        let owner = proxy.sessions.lock().ok().and_then(|m| m.get(sid).cloned());
+        if owner != Some((service.clone(), principal.agent.id.clone())) {
+            return plain(StatusCode::NOT_FOUND, "session not found\n");
+        }
+    }
+    // The user's credential for the service.
+    let g = proxy.gateway.clone();
+    let (uid, sname) = (principal.user.id.clone(), service.clone());
+    let conn = tokio::task::spawn_blocking(
+        move || -> Option<(crate::store::Connection, Option<crate::secret::SecretBytes>)> {
+            let c = g.live_connection(&uid, &sname).ok()??;
+            if c.status != ConnectionStatus::Active && c.status != ConnectionStatus::Refreshing {
+                return Some((c, None));
+            }
+            let field = if c.kind == crate::store::ConnectionKind::ApiKey {
+                "api_key"
+            } else {
+                ACCESS_FIELD
+            };
+            let secret = c
+                .secret_record
+                .as_ref()
+                .and_then(|r| g.vault.get(r, field).ok().flatten());
+            Some((c, secret))
+        },
+    )
+    .await
+    .ok()
+    .flatten();
+    let Some((_, Some(credential))) = conn else {
+        let event = call_event(
+            &principal,
+            &service,
+            tool.as_deref(),
+            message.as_ref(),
+            "needs_connection",
+            started,
+        );
+        let _ = proxy.audit.record(event);
+        return reconnect_answer(&proxy, &service, &id, message.as_ref());
+    };
+    // Build the upstream request: an allow-list of headers, then our credential.
+    let url = svc.mcp_url.clone();
+    let mut req = proxy.http.request(method.clone(), url);
+    for (name, value) in &headers {
+        let n = name.as_str();
+        if FORWARD_REQUEST.contains(&n)
+            || n.starts_with("mcp-param-")
+            || (n == "mcp-session-id" && !stateless)
+        {
+            req = req.header(name, value);
+        }
+    }
+    let cred =
+        zeroize::Zeroizing::new(String::from_utf8_lossy(credential.expose_secret()).into_owned());
+    req = match &svc.kind {
+        ServiceKind::ApiKey { header, .. } if !header.eq_ignore_ascii_case("authorization") => {
+            req.header(header.as_str(), cred.as_str())
+        }
+        _ => req.bearer_auth(cred.as_str()),
+    };
+    drop(cred);
+    if method == Method::POST {
+        req = req.body(body.clone());
+    }
+    let resp = match tokio::time::timeout(proxy.response_start_timeout, req.send()).await {
+        Err(_) => {
+            let _ = proxy.audit.record(call_event(
+                &principal,
+                &service,
+                tool.as_deref(),
+                message.as_ref(),
+                "upstream_timeout",
+                started,
+            ));
+            return plain(
+                StatusCode::GATEWAY_TIMEOUT,
+                "upstream did not answer in time\n",
+            );
+        }
+        Ok(Err(_)) => {
+            let _ = proxy.audit.record(call_event(
+                &principal,
+                &service,
+                tool.as_deref(),
+                message.as_ref(),
+                "upstream_unreachable",
+                started,
+            ));
+            return plain(StatusCode::BAD_GATEWAY, "upstream unreachable\n");
+        }
+        Ok(Ok(r)) => r,
+    };
+    let status = resp.status();
+    let outcome = if status.is_success() || status == reqwest::StatusCode::ACCEPTED {
+        "ok".to_owned()
+    } else {
+        format!("upstream_{}", status.as_u16())
+    };
+    if !proxy.audit.record(call_event(
+        &principal,
+        &service,
+        tool.as_deref(),
+        message.as_ref(),
+        &outcome,
+        started,
+    )) {
+        return plain(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the audit log cannot be written; calls are refused\n",
+        );
+    }
+    if status == reqwest::StatusCode::UNAUTHORIZED {
+        // The refresh-and-retry of the token lifecycle is not in yet; tell the agent plainly.
+        return json_response(
+            StatusCode::BAD_GATEWAY,
+            jsonrpc::error(
+                &id,
+                -32001,
+                &format!(
+                    "{service} refused the stored credential; reconnect at {}",
+                    proxy.connect_url
+                ),
+                None,
+            ),
+        );
+    }
+    let mut out = Response::builder().status(status.as_u16());
+    let mut is_sse = false;
+    for name in FORWARD_RESPONSE {
+        if let Some(v) = resp.headers().get(name) {
+            if name == "content-type"
+                && v.to_str().is_ok_and(|s| s.starts_with("text/event-stream"))
+            {
+                is_sse = true;
+            }
+            out = out.header(name, v);
+        }
+    }
+    if let Some(sid) = resp
+        .headers()
+        .get("mcp-session-id")
+        .and_then(|v| v.to_str().ok())
+        && !stateless
+        && let Ok(mut m) = proxy.sessions.lock()
+    {
+        if m.len() >= MAX_SESSIONS {
+            m.clear();
+        }
+        m.insert(
+            sid.to_owned(),
+            (service.clone(), principal.agent.id.clone()),
+        );
+    }
+    if method == Method::DELETE
+        && status.is_success()
+        && let (Some(sid), Ok(mut m)) = (&session, proxy.sessions.lock())
+    {
+        m.remove(sid);
+    }
+    if is_sse {
+        out = out.header("x-accel-buffering", "no");
+    }
+    let filter_tools = matches!(&message, Some(Message::Request { method, .. }) if method == "tools/list")
+        && principal.profile.is_some();
+    if filter_tools {
+        // Filtering needs the whole (small) answer; everything else streams.
+        let mut buf = Vec::new();
+        let mut stream = resp.bytes_stream();
+        while let Some(chunk) = stream.next().await {
+            let Ok(chunk) = chunk else {
+                return plain(StatusCode::BAD_GATEWAY, "upstream stream failed\n");
+            };
+            if buf.len() + chunk.len() > TOOLS_LIST_CAP {
+                return plain(
+                    StatusCode::BAD_GATEWAY,
+                    "upstream tools/list answer too large\n",
+                );
+            }
+            buf.extend_from_slice(&chunk);
+        }
+        let filtered = filter_tools_list(&buf, is_sse, principal.profile.as_ref(), &service);
+        return out
+            .body(Body::from(filtered))
+            .unwrap_or_else(|_| plain(StatusCode::BAD_GATEWAY, "bad upstream response\n"));
+    }
+    out.body(Body::from_stream(resp.bytes_stream()))
+        .unwrap_or_else(|_| plain(StatusCode::BAD_GATEWAY, "bad upstream response\n"))
+}
+
+fn call_event(
+    p: &Principal,
+    service: &str,
+    tool: Option<&str>,
+    m: Option<&Message>,
+    outcome: &str,
+    started: Instant,
+) -> Event {
+    // Never the arguments: they can carry secrets.
+    let mut e = Event::new(
+        &format!("agent:{}", p.agent.name),
+        "mcp.call",
+        service,
+        outcome,
+    )
+    .detail("method", m.and_then(Message::method).unwrap_or("(stream)"))
+    .detail("micros", started.elapsed().as_micros().to_string());
+    if let Some(t) = tool {
+        e = e.detail("tool", t);
+    }
+    e
+}
+
+/// "Connect your account", the spec's way: URL-mode elicitation (error -32042, 2025-11-25),
+/// naming the service and where the user reconnects.
+fn reconnect_answer(proxy: &Proxy, service: &str, id: &Value, m: Option<&Message>) -> Response {
+    let message = format!(
+        "Connect your {service} account at {} to continue.",
+        proxy.connect_url
+    );
+    if !matches!(m, Some(Message::Request { .. })) {
+        return plain(StatusCode::CONFLICT, "the service is not connected\n");
+    }
+    let data = serde_json::json!({
+        "elicitations": [{
+            "mode": "url",
+            "elicitationId": uuid::Uuid::new_v4().to_string(),
+            "url": proxy.connect_url,
+            "message": message,
+        }]
+    });
+    json_response(
+        StatusCode::OK,
+        jsonrpc::error(id, URL_ELICITATION_REQUIRED, &message, Some(data)),
+    )
+}
+
+/// Drops tools the profile does not allow from a `tools/list` result (JSON or SSE).
+fn filter_tools_list(
+    body: &[u8],
+    sse: bool,
+    profile: Option<&crate::store::Profile>,
+    service: &str,
+) -> Vec<u8> {
+    let filter_json = |v: &mut Value| {
+        if let Some(tools) = v
+            .get_mut("result")
+            .and_then(|r| r.get_mut("tools"))
+            .and_then(Value::as_array_mut)
+        {
+            tools.retain(|t| {
+                t.get("name")
+                    .and_then(Value::as_str)
+                    .is_some_and(|n| policy::tool_allowed(profile, service, n) == Decision::Allow)
+            });
+        }
+    };
+    if !sse {
+        return match serde_json::from_slice::<Value>(body) {
+            Ok(mut v) => {
+                filter_json(&mut v);
+                serde_json::to_vec(&v).unwrap_or_default()
+            }
+            Err(_) => Vec::new(),
+        };
+    }
+    let text = String::from_utf8_lossy(body);
+    let mut out = String::with_capacity(text.len());
+    for line in text.split_inclusive('\n') {
+        match line.strip_prefix("data:") {
+            Some(data) => match serde_json::from_str::<Value>(data.trim()) {
+                Ok(mut v) => {
+                    filter_json(&mut v);
+                    out.push_str("data: ");
+                    out.push_str(&v.to_string());
+                    out.push('\n');
+                }
+                Err(_) => out.push_str(line),
+            },
+            None => out.push_str(line),
+        }
+    }
+    out.into_bytes()
+}
+
+/// Header names forwarded from the agent, for tests of I13.
+pub fn forwarded_request_header(name: &HeaderName) -> bool {
+    let n = name.as_str();
+    FORWARD_REQUEST.contains(&n) || n.starts_with("mcp-param-") || n == "mcp-session-id"
+}

@@ -1,0 +1,479 @@
+//! The MCP proxy against an upstream on 127.0.0.1 that records everything it receives:
+//! agent authentication (I11), profiles enforced before upstream (I12), no credential
+//! passthrough (I13), session binding (I14), Origin, header/body match, streaming, timeouts.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+#[path = "support/browser.rs"]
+mod browser;
+#[path = "support/harness.rs"]
+mod harness;
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::http::HeaderMap;
+use browser::free_port;
+use harness::Instance;
+use serde_json::{Value, json};
+
+const KEY_A: &str = "upstream-key-of-alice-7c1d";
+
+#[derive(Default)]
+struct Seen {
+    requests: Vec<(String, HeaderMap, String)>,
+}
+
+/// A small MCP-shaped upstream: initialize opens a session, tools/list lists three tools,
+/// tools/call echoes what arrived, `stream` answers as SSE over a second, `hang` never answers.
+async fn upstream() -> (u16, Arc<Mutex<Seen>>) {
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let s2 = seen.clone();
+    let app = axum::Router::new().route(
+        "/mcp",
+        axum::routing::any(move |method: axum::http::Method, headers: HeaderMap, body: String| {
+            let seen = s2.clone();
+            async move {
+                seen.lock().unwrap().requests.push((method.to_string(), headers.clone(), body.clone()));
+                let v: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+                let id = v.get("id").cloned().unwrap_or(Value::Null);
+                let json_resp = |v: Value| {
+                    axum::response::Response::builder()
+                        .header("content-type", "application/json")
+                        .header("set-cookie", "upstream=secret-cookie")
+                        .header("www-authenticate", "Bearer realm=upstream")
+                        .body(axum::body::Body::from(v.to_string()))
+                        .unwrap()
+                };
+                match v.get("method").and_then(Value::as_str) {
+                    Some("initialize") => {
+                        let mut r = json_resp(json!({"jsonrpc":"2.0","id":id,"result":{"protocolVersion":"2025-06-18","capabilities":{},"serverInfo":{"name":"up","version":"1"}}}));
+                        r.headers_mut().insert("mcp-session-id", format!("sess-{}", uuid::Uuid::new_v4()).parse().unwrap());
+                        r
+                    }
+                    Some("tools/list") => json_resp(json!({"jsonrpc":"2.0","id":id,"result":{"tools":[{"name":"read_file"},{"name":"write_file"},{"name":"stream"}]}})),
+                    Some("tools/call") => match v["params"]["name"].as_str() {
+                        Some("hang") => {
+                            tokio::time::sleep(Duration::from_secs(3600)).await;
+                            json_resp(Value::Null)
+                        }
+                        Some("stream") => {
+                            let s = async_stream(id);
+                            axum::response::Response::builder()
+                                .header("content-type", "text/event-stream")
+                                .body(axum::body::Body::from_stream(s))
+                                .unwrap()
+                        }
+                        _ => {
+                            let hdrs: serde_json::Map<String, Value> = headers.iter().map(|(k, v)| (k.to_string(), Value::String(v.to_str().unwrap_or("").into()))).collect();
+                            json_resp(json!({"jsonrpc":"2.0","id":id,"result":{"content":[{"type":"text","text":"ok"}],"headers":hdrs}}))
+                        }
+                    },
+                    _ => axum::response::Response::builder().status(202).body(axum::body::Body::empty()).unwrap(),
+                }
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (port, seen)
+}
+
+fn async_stream(id: Value) -> impl futures_util::Stream<Item = Result<Vec<u8>, std::io::Error>> {
+    let first = format!(
+        "event: message\ndata: {}\n\n",
+        json!({"jsonrpc":"2.0","method":"notifications/progress","params":{"progress":1}})
+    );
+    let last = format!(
+        "event: message\ndata: {}\n\n",
+        json!({"jsonrpc":"2.0","id":id,"result":{"content":[{"type":"text","text":"done"}]}})
+    );
+    futures_util::stream::unfold(0, move |i| {
+        let (first, last) = (first.clone(), last.clone());
+        async move {
+            match i {
+                0 => Some((Ok(first.into_bytes()), 1)),
+                1 => {
+                    tokio::time::sleep(Duration::from_millis(1500)).await;
+                    Some((Ok(last.into_bytes()), 2))
+                }
+                _ => None,
+            }
+        }
+    })
+}
+
+struct Env {
+    inst: Instance,
+    _server: harness::Server,
+    base: String,
+    seen: Arc<Mutex<Seen>>,
+    http: reqwest::Client,
+}
+
+async fn env() -> Env {
+    let (up, seen) = upstream().await;
+    let gw = free_port();
+    let base = format!("http://127.0.0.1:{gw}");
+    let inst = Instance::init_with(&format!(
+        "listen = \"127.0.0.1:{gw}\"\n[limits]\nupstream_response_timeout_secs = 2\nmax_body_bytes = 65536\n\
+         [services.files]\nkind = \"api_key\"\nmcp_url = \"http://127.0.0.1:{up}/mcp\"\nheader = \"X-API-Key\"\n\
+         [services.search]\nkind = \"api_key\"\nmcp_url = \"http://127.0.0.1:{up}/mcp\"\n"
+    ));
+    let server = inst.start();
+    for u in ["alice", "bob"] {
+        inst.ok(&["user", "add", u], b"");
+    }
+    inst.ok(
+        &["apikey", "set", "files", "--user", "alice"],
+        KEY_A.as_bytes(),
+    );
+    inst.ok(
+        &["apikey", "set", "search", "--user", "alice"],
+        b"search-key-of-alice",
+    );
+    inst.ok(
+        &[
+            "profile",
+            "add",
+            "readonly",
+            "--allow",
+            "files:read_*",
+            "files:stream",
+            "files:hang",
+        ],
+        b"",
+    );
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    Env {
+        inst,
+        _server: server,
+        base,
+        seen,
+        http: reqwest::Client::new(),
+    }
+}
+
+impl Env {
+    fn agent(&self, name: &str, user: &str, profile: Option<&str>) -> String {
+        let mut args = vec!["agent", "add", name, "--user", user];
+        if let Some(p) = profile {
+            args.extend(["--profile", p]);
+        }
+        self.inst.ok(&args, b"").trim().to_owned()
+    }
+
+    fn upstream_count(&self) -> usize {
+        self.seen.lock().unwrap().requests.len()
+    }
+
+    async fn call(
+        &self,
+        token: &str,
+        service: &str,
+        body: Value,
+        extra: &[(&str, &str)],
+    ) -> (u16, HeaderMap, String) {
+        let mut req = self
+            .http
+            .post(format!("{}/mcp/{service}", self.base))
+            .bearer_auth(token)
+            .header("content-type", "application/json")
+            .header("accept", "application/json, text/event-stream");
+        for (k, v) in extra {
+            req = req.header(*k, *v);
+        }
+        let r = req.body(body.to_string()).send().await.unwrap();
+        let status = r.status().as_u16();
+        let headers = r.headers().clone();
+        (status, headers, r.text().await.unwrap())
+    }
+}
+
+fn call(id: u64, tool: &str) -> Value {
+    json!({"jsonrpc":"2.0","id":id,"method":"tools/call","params":{"name":tool,"arguments":{"password":"hunter2-argument-secret"}}})
+}
+
+#[tokio::test]
+async fn i11_unknown_malformed_and_revoked_agents_get_401_without_detail() {
+    let e = env().await;
+    let token = e.agent("claude", "alice", None);
+    assert!(token.starts_with("sga_") && token.len() == 55, "{token}");
+    let (s, _, _) = e.call(&token, "files", call(1, "read_file"), &[]).await;
+    assert_eq!(s, 200);
+    let forged = format!("sga_{}", "A".repeat(51));
+    for bad in ["", "nope", forged.as_str()] {
+        let (s, h, body) = e.call(bad, "files", call(1, "read_file"), &[]).await;
+        assert_eq!((s, body.as_str()), (401, "unauthorized\n"));
+        assert_eq!(h.get("www-authenticate").unwrap(), "Bearer");
+    }
+    let n = e.upstream_count();
+    e.inst.ok(&["agent", "revoke", "claude"], b"");
+    let (s, _, _) = e.call(&token, "files", call(2, "read_file"), &[]).await;
+    assert_eq!(s, 401, "a revoked agent is refused at once");
+    assert_eq!(e.upstream_count(), n);
+}
+
+#[tokio::test]
+async fn i12_denied_tools_never_reach_upstream_and_are_filtered_from_lists() {
+    let e = env().await;
+    let token = e.agent("cursor", "alice", Some("readonly"));
+    let (s, _, body) = e
+        .call(
+            &token,
+            "files",
+            json!({"jsonrpc":"2.0","id":1,"method":"tools/list"}),
+            &[],
+        )
+        .await;
+    assert_eq!(s, 200);
+    let names: Vec<String> = serde_json::from_str::<Value>(&body).unwrap()["result"]["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(names, ["read_file", "stream"]);
+    let before = e.upstream_count();
+    let (s, _, body) = e.call(&token, "files", call(2, "write_file"), &[]).await;
+    assert_eq!(s, 200);
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["error"]["code"], -32003);
+    assert_eq!(v["id"], 2);
+    assert_eq!(e.upstream_count(), before, "a denied call reached upstream");
+    // A whole service outside the profile: refused too, upstream untouched.
+    let (_, _, body) = e.call(&token, "search", call(3, "read_file"), &[]).await;
+    assert_eq!(
+        serde_json::from_str::<Value>(&body).unwrap()["error"]["code"],
+        -32003
+    );
+    assert_eq!(e.upstream_count(), before);
+    // The allowed tool goes through.
+    let (s, _, _) = e.call(&token, "files", call(4, "read_file"), &[]).await;
+    assert_eq!((s, e.upstream_count()), (200, before + 1));
+    let audit = e.inst.ok(&["audit", "list"], b"");
+    assert!(
+        audit.contains("mcp.call files denied") && audit.contains("tool=\"write_file\""),
+        "{audit}"
+    );
+    assert!(
+        !audit.contains("hunter2"),
+        "arguments reached the audit log"
+    );
+}
+
+#[tokio::test]
+async fn i13_no_credential_passes_through_in_either_direction() {
+    let e = env().await;
+    let token = e.agent("vscode", "alice", None);
+    let (s, h, body) = e
+        .call(
+            &token,
+            "files",
+            call(1, "read_file"),
+            &[
+                ("cookie", "gw=agent-cookie"),
+                ("x-api-key", "agent-supplied"),
+                ("proxy-authorization", "Basic eA=="),
+            ],
+        )
+        .await;
+    assert_eq!(s, 200);
+    let (_, up_headers, up_body) = e.seen.lock().unwrap().requests.last().cloned().unwrap();
+    assert_eq!(
+        up_headers.get("x-api-key").unwrap(),
+        KEY_A,
+        "the service's key header carries the user's key"
+    );
+    assert!(
+        up_headers.get("authorization").is_none(),
+        "the agent's Authorization went upstream"
+    );
+    assert!(up_headers.get("cookie").is_none() && up_headers.get("proxy-authorization").is_none());
+    for (_, v) in up_headers.iter() {
+        assert!(
+            !v.to_str().unwrap_or("").contains(&token[4..]),
+            "the agent token went upstream"
+        );
+    }
+    assert!(!up_body.contains(&token[4..]));
+    // And nothing of upstream's credentials comes back.
+    assert!(h.get("set-cookie").is_none() && h.get("www-authenticate").is_none());
+    assert!(!body.contains("set-cookie"));
+    // A bearer-style service gets `Authorization: Bearer <key>`.
+    e.call(&token, "search", call(2, "read_file"), &[]).await;
+    let (_, up_headers, _) = e.seen.lock().unwrap().requests.last().cloned().unwrap();
+    assert_eq!(
+        up_headers.get("authorization").unwrap(),
+        "Bearer search-key-of-alice"
+    );
+}
+
+#[tokio::test]
+async fn isolation_users_never_reach_each_others_connections() {
+    let e = env().await;
+    let bob = e.agent("bobs-agent", "bob", None);
+    let before = e.upstream_count();
+    let (s, _, body) = e.call(&bob, "files", call(1, "read_file"), &[]).await;
+    assert_eq!(s, 200);
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["error"]["code"], -32042, "{body}");
+    assert_eq!(v["error"]["data"]["elicitations"][0]["mode"], "url");
+    assert!(
+        v["error"]["data"]["elicitations"][0]["url"]
+            .as_str()
+            .unwrap()
+            .ends_with("/connect")
+    );
+    assert_eq!(
+        e.upstream_count(),
+        before,
+        "bob's agent reached alice's upstream"
+    );
+}
+
+#[tokio::test]
+async fn i14_sessions_are_bound_to_the_agent_that_opened_them() {
+    let e = env().await;
+    let a = e.agent("a1", "alice", None);
+    let a2 = e.agent("a2", "alice", None);
+    let (_, h, _) = e
+        .call(
+            &a,
+            "files",
+            json!({"jsonrpc":"2.0","id":1,"method":"initialize","params":{}}),
+            &[("mcp-protocol-version", "2025-06-18")],
+        )
+        .await;
+    let sid = h
+        .get("mcp-session-id")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let (s, _, _) = e
+        .call(
+            &a,
+            "files",
+            call(2, "read_file"),
+            &[
+                ("mcp-session-id", &sid),
+                ("mcp-protocol-version", "2025-06-18"),
+            ],
+        )
+        .await;
+    assert_eq!(s, 200);
+    let (_, up, _) = e.seen.lock().unwrap().requests.last().cloned().unwrap();
+    assert_eq!(up.get("mcp-session-id").unwrap(), sid.as_str());
+    let before = e.upstream_count();
+    let (s, _, _) = e
+        .call(
+            &a2,
+            "files",
+            call(3, "read_file"),
+            &[
+                ("mcp-session-id", &sid),
+                ("mcp-protocol-version", "2025-06-18"),
+            ],
+        )
+        .await;
+    assert_eq!(s, 404, "another agent used a session it did not open");
+    let (s, _, _) = e
+        .call(
+            &a,
+            "files",
+            call(4, "read_file"),
+            &[
+                ("mcp-session-id", "sess-made-up"),
+                ("mcp-protocol-version", "2025-06-18"),
+            ],
+        )
+        .await;
+    assert_eq!(s, 404);
+    assert_eq!(e.upstream_count(), before);
+}
+
+#[tokio::test]
+async fn origin_header_match_and_stateless_method_rules() {
+    let e = env().await;
+    let t = e.agent("x", "alice", None);
+    let before = e.upstream_count();
+    let (s, _, _) = e
+        .call(
+            &t,
+            "files",
+            call(1, "read_file"),
+            &[("origin", "http://evil.example")],
+        )
+        .await;
+    assert_eq!(s, 403);
+    let modern = [
+        ("mcp-protocol-version", "2026-07-28"),
+        ("mcp-method", "tools/call"),
+        ("mcp-name", "write_file"),
+    ];
+    let (s, _, body) = e.call(&t, "files", call(2, "read_file"), &modern).await;
+    assert_eq!(s, 400);
+    assert_eq!(
+        serde_json::from_str::<Value>(&body).unwrap()["error"]["code"],
+        -32020
+    );
+    let r = e
+        .http
+        .get(format!("{}/mcp/files", e.base))
+        .bearer_auth(&t)
+        .header("mcp-protocol-version", "2026-07-28")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 405);
+    assert_eq!(e.upstream_count(), before);
+    let ok = [
+        ("mcp-protocol-version", "2026-07-28"),
+        ("mcp-method", "tools/call"),
+        ("mcp-name", "read_file"),
+    ];
+    assert_eq!(e.call(&t, "files", call(3, "read_file"), &ok).await.0, 200);
+    // A body over the limit: 413, before upstream.
+    let big = json!({"jsonrpc":"2.0","id":4,"method":"tools/call","params":{"name":"read_file","arguments":{"x":"y".repeat(100_000)}}});
+    assert_eq!(e.call(&t, "files", big, &[]).await.0, 413);
+    assert_eq!(e.upstream_count(), before + 1);
+}
+
+#[tokio::test]
+async fn sse_streams_as_it_arrives_and_a_hung_upstream_gets_504() {
+    let e = env().await;
+    let t = e.agent("s", "alice", None);
+    let started = Instant::now();
+    let mut r = e
+        .http
+        .post(format!("{}/mcp/files", e.base))
+        .bearer_auth(&t)
+        .header("content-type", "application/json")
+        .body(call(1, "stream").to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.headers().get("content-type").unwrap(),
+        "text/event-stream"
+    );
+    assert_eq!(r.headers().get("x-accel-buffering").unwrap(), "no");
+    let first = r.chunk().await.unwrap().unwrap();
+    let first_at = started.elapsed();
+    assert!(String::from_utf8_lossy(&first).contains("notifications/progress"));
+    assert!(
+        first_at < Duration::from_millis(1200),
+        "first event arrived after {first_at:?}: buffered"
+    );
+    let mut rest = Vec::new();
+    while let Some(c) = r.chunk().await.unwrap() {
+        rest.extend_from_slice(&c);
+    }
+    assert!(String::from_utf8_lossy(&rest).contains("done"));
+    assert!(started.elapsed() >= Duration::from_millis(1400));
+    let t0 = Instant::now();
+    let (s, _, _) = e.call(&t, "files", call(2, "hang"), &[]).await;
+    assert_eq!(s, 504);
+    assert!(t0.elapsed() < Duration::from_secs(6));
+}
