@@ -20,6 +20,8 @@ rustup component add rustfmt clippy >/dev/null 2>&1 || true
 # Interop peers from the npm registry, pinned by tests/interop/package-lock.json:
 # oidc-provider (a real OAuth 2.1 / OIDC server) and playwright-core (drives Debian's chromium).
 (cd tests/interop && npm ci --no-audit --no-fund --loglevel=error)
+# The official MCP Python SDK (server behind the gateway, client in front), from PyPI.
+python3 -m pip install --quiet --disable-pip-version-check -r tests/interop/requirements.txt
 
 cargo fmt --all -- --check
 cargo clippy --locked --all-targets -- -D warnings

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 pub mod browser;
 pub mod demo;
+pub mod demo_mcp;
 pub mod pages;
 
 use axum::Router;
@@ -68,7 +69,9 @@ pub fn router(state: AppState, limits: &Limits) -> Router {
             .with_state(state.proxy.clone()),
     );
     if let Some(d) = &state.demo {
-        app = app.merge(demo::routes(d.clone()));
+        app = app
+            .merge(demo::routes(d.clone()))
+            .merge(demo_mcp::routes(d.clone()));
     }
     app.layer(axum::middleware::from_fn_with_state(
         state.clone(),

@@ -92,6 +92,7 @@ fn serve_dev(config: Option<PathBuf>, listen: Option<SocketAddr>) -> anyhow::Res
         ))?;
         gateway.user_add("demo")?;
         let link = gateway.login_link("demo")?;
+        let (_, agent_token) = gateway.agent_add("demo-agent", "demo", None)?;
         println!(
             "scopegate: development mode; data in {} (deleted on exit)",
             root.display()
@@ -103,6 +104,13 @@ fn serve_dev(config: Option<PathBuf>, listen: Option<SocketAddr>) -> anyhow::Res
         println!(
             "scopegate: open this login link in a browser (single use, 15 minutes): {public}/login?token={}",
             String::from_utf8_lossy(link.expose_secret())
+        );
+        println!(
+            "scopegate: agent token for MCP clients (user demo, no profile): {}",
+            String::from_utf8_lossy(agent_token.expose_secret())
+        );
+        println!(
+            "scopegate: after connecting `demo` in the browser, point an MCP client at {public}/mcp/demo with that token"
         );
         run(dir.clone(), lock, gateway, Some(listener), demo)
     })();
