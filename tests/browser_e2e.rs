@@ -90,3 +90,188 @@ fn connect_page_in_headless_chromium() {
             .success()
     );
 }
+
+/// The README's first command ends in a working tool call: `serve --dev`, connect `demo` as a
+/// browser would, then the printed agent token calls `whoami` through the gateway and the demo
+/// upstream reports the demo account behind the user's connection.
+#[test]
+fn dev_mode_loop_ends_in_a_working_tool_call() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let out_path = tmp.path().join("dev.out");
+    let mut child = std::process::Command::new(harness::bin())
+        .args(["serve", "--dev", "--listen", "127.0.0.1:0"])
+        .env("TMPDIR", tmp.path())
+        .stdout(std::fs::File::create(&out_path).unwrap())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let out = loop {
+        let out = std::fs::read_to_string(&out_path).unwrap();
+        if out.contains("scopegate: ready") {
+            break out;
+        }
+        assert!(
+            Instant::now() < deadline && child.try_wait().unwrap().is_none(),
+            "{out}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let link = out
+        .lines()
+        .find_map(|l| l.split(": ").last().filter(|x| x.contains("/login?token=")))
+        .unwrap()
+        .to_owned();
+    let token = out
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("scopegate: agent token for MCP clients (user demo, no profile): ")
+        })
+        .unwrap()
+        .to_owned();
+    let base = link.split("/login").next().unwrap().to_owned();
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let http = reqwest::Client::new();
+    let call = |body: serde_json::Value| {
+        let http = http.clone();
+        let (base, token) = (base.clone(), token.clone());
+        async move {
+            let r = http
+                .post(format!("{base}/mcp/demo"))
+                .bearer_auth(&token)
+                .header("content-type", "application/json")
+                .body(body.to_string())
+                .send()
+                .await
+                .unwrap();
+            r.json::<serde_json::Value>().await.unwrap()
+        }
+    };
+    let whoami = serde_json::json!({"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"whoami","arguments":{}}});
+    rt.block_on(async {
+        // Before connecting: the agent is told, in-band, where the user connects.
+        let v = call(whoami.clone()).await;
+        assert_eq!(v["error"]["code"], -32042, "{v}");
+        assert_eq!(
+            v["error"]["data"]["elicitations"][0]["url"],
+            format!("{base}/connect")
+        );
+        // Connect as the browser would (the demo provider's consent, demo.read only).
+        let nav = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap();
+        let page = nav.get(&link).send().await.unwrap().text().await.unwrap();
+        let login_token = page
+            .split("name=\"token\" value=\"")
+            .nth(1)
+            .unwrap()
+            .split('"')
+            .next()
+            .unwrap()
+            .to_owned();
+        let r = nav
+            .post(format!("{base}/login"))
+            .form(&[("token", login_token.as_str())])
+            .send()
+            .await
+            .unwrap();
+        let cookie = r
+            .headers()
+            .get("set-cookie")
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .split(';')
+            .next()
+            .unwrap()
+            .to_owned();
+        let page = nav
+            .get(format!("{base}/connect"))
+            .header("cookie", &cookie)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let csrf = page
+            .split("name=\"csrf\" value=\"")
+            .nth(1)
+            .unwrap()
+            .split('"')
+            .next()
+            .unwrap()
+            .to_owned();
+        let r = nav
+            .post(format!("{base}/connect/demo"))
+            .header("cookie", &cookie)
+            .form(&[("csrf", csrf.as_str())])
+            .send()
+            .await
+            .unwrap();
+        let authorize = r
+            .headers()
+            .get("location")
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .to_owned();
+        let consent = nav
+            .get(&authorize)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let id = consent
+            .split("name=\"id\" value=\"")
+            .nth(1)
+            .unwrap()
+            .split('"')
+            .next()
+            .unwrap()
+            .to_owned();
+        let r = nav
+            .post(format!("{base}/demo/oauth/decide"))
+            .form(&[
+                ("id", id.as_str()),
+                ("decision", "approve"),
+                ("account", "ada"),
+                ("scope", "demo.read"),
+            ])
+            .send()
+            .await
+            .unwrap();
+        let callback = r
+            .headers()
+            .get("location")
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .to_owned();
+        let r = nav
+            .get(&callback)
+            .header("cookie", &cookie)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 303);
+        // Now the tool call works, with the user's token, not the agent's.
+        let v = call(whoami).await;
+        assert_eq!(
+            v["result"]["content"][0]["text"], "You are demo account ada with scopes [demo.read].",
+            "{v}"
+        );
+        let v = call(serde_json::json!({"jsonrpc":"2.0","id":2,"method":"tools/list"})).await;
+        assert_eq!(v["result"]["tools"].as_array().unwrap().len(), 3);
+    });
+    harness::signal(child.id(), "TERM");
+    assert!(
+        harness::wait_timeout(&mut child, Duration::from_secs(20))
+            .unwrap()
+            .success()
+    );
+}
