@@ -39,6 +39,7 @@ struct RawLimits {
     header_read_timeout_secs: Option<u64>,
     shutdown_grace_secs: Option<u64>,
     upstream_response_timeout_secs: Option<u64>,
+    stream_idle_timeout_secs: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -92,6 +93,8 @@ pub struct Limits {
     /// How long an upstream may take to start answering (504 after); a started stream is
     /// not cut.
     pub upstream_response_timeout_secs: u64,
+    /// A stream from upstream silent for this long is cut (heartbeats keep it alive).
+    pub stream_idle_timeout_secs: u64,
 }
 
 impl Default for Limits {
@@ -103,6 +106,7 @@ impl Default for Limits {
             header_read_timeout_secs: 10,
             shutdown_grace_secs: 10,
             upstream_response_timeout_secs: 30,
+            stream_idle_timeout_secs: 300,
         }
     }
 }
@@ -238,6 +242,11 @@ fn check(raw: RawConfig) -> Result<Config, String> {
             "limits.upstream_response_timeout_secs",
             l.upstream_response_timeout_secs,
             d.upstream_response_timeout_secs,
+        )?,
+        stream_idle_timeout_secs: positive(
+            "limits.stream_idle_timeout_secs",
+            l.stream_idle_timeout_secs,
+            d.stream_idle_timeout_secs,
         )?,
     };
     let mut providers = BTreeMap::new();

@@ -265,6 +265,8 @@ impl Gateway {
                         secret_set_at: None,
                         access_expires: None,
                         issuer: None,
+                        strikes: 0,
+                        last_refresh: None,
                     },
                     None,
                     "apikey.set",

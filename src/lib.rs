@@ -10,6 +10,7 @@ pub mod durable;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod gateway;
+pub mod lifecycle;
 pub mod oauth;
 pub mod passphrase;
 pub mod policy;

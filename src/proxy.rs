@@ -54,39 +54,154 @@ const FORWARD_RESPONSE: [&str; 5] = [
     "retry-after",
 ];
 
+/// Upstream session ids bound to (service, agent) (I14), with a cap: at the cap the oldest
+/// binding goes, never all of them.
+#[derive(Default)]
+struct Sessions {
+    owner: HashMap<(String, String), String>,
+    order: std::collections::VecDeque<(String, String)>,
+}
+
+impl Sessions {
+    fn bind(&mut self, service: &str, sid: &str, agent: &str) {
+        let key = (service.to_owned(), sid.to_owned());
+        if self.owner.insert(key.clone(), agent.to_owned()).is_none() {
+            self.order.push_back(key);
+        }
+        while self.owner.len() > MAX_SESSIONS {
+            if let Some(old) = self.order.pop_front() {
+                self.owner.remove(&old);
+            }
+        }
+    }
+
+    fn owner(&self, service: &str, sid: &str) -> Option<&String> {
+        self.owner.get(&(service.to_owned(), sid.to_owned()))
+    }
+
+    fn unbind(&mut self, service: &str, sid: &str) {
+        self.owner.remove(&(service.to_owned(), sid.to_owned()));
+    }
+}
+
 pub struct Proxy {
     pub gateway: Arc<Gateway>,
     http: reqwest::Client,
     /// Upstream session id → (service, agent id) that opened it (I14).
-    sessions: Mutex<HashMap<String, (String, String)>>,
+    sessions: Mutex<Sessions>,
     pub audit: AuditQueue,
     public_origin: String,
     connect_url: String,
     pub response_start_timeout: Duration,
+    refresher: crate::lifecycle::Refresher,
 }
 
 impl Proxy {
-    pub fn new(gateway: Arc<Gateway>, audit: AuditQueue) -> Self {
+    pub fn new(
+        gateway: Arc<Gateway>,
+        audit: AuditQueue,
+        oauth: Arc<crate::oauth::client::OAuthClient>,
+    ) -> Self {
         let _ = rustls::crypto::ring::default_provider().install_default();
         #[allow(clippy::expect_used)] // invariant: this builder configuration is static and valid.
         let http = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .connect_timeout(Duration::from_secs(5))
             .pool_idle_timeout(Duration::from_secs(60))
+            // A stream that sends nothing (not even a heartbeat) for this long is cut.
+            .read_timeout(Duration::from_secs(
+                gateway.config.limits.stream_idle_timeout_secs,
+            ))
             .tcp_nodelay(true)
             .build()
             .expect("HTTP client");
         let public = gateway.config.public_url.clone();
         Self {
             http,
-            sessions: Mutex::new(HashMap::new()),
+            sessions: Mutex::new(Sessions::default()),
             audit,
             public_origin: public.origin().ascii_serialization(),
             connect_url: format!("{}/connect", public.as_str().trim_end_matches('/')),
             response_start_timeout: Duration::from_secs(
                 gateway.config.limits.upstream_response_timeout_secs,
             ),
+            refresher: crate::lifecycle::Refresher::new(gateway.clone(), oauth),
             gateway,
+        }
+    }
+}
+
+impl Proxy {
+    /// The live connection of the agent's user for `service` and its credential; refreshes an
+    /// OAuth access token first when it expires within a minute. `None`: not connected.
+    async fn credential(
+        &self,
+        p: &Principal,
+        service: &str,
+    ) -> Option<(crate::store::Connection, crate::secret::SecretBytes)> {
+        let load = || {
+            let g = self.gateway.clone();
+            let (uid, sname) = (p.user.id.clone(), service.to_owned());
+            tokio::task::spawn_blocking(move || -> Option<(crate::store::Connection, Option<crate::secret::SecretBytes>)> {
+                let c = g.live_connection(&uid, &sname).ok()??;
+                if c.status != ConnectionStatus::Active && c.status != ConnectionStatus::Refreshing {
+                    return Some((c, None));
+                }
+                let field = if c.kind == crate::store::ConnectionKind::ApiKey { "api_key" } else { ACCESS_FIELD };
+                let secret = c.secret_record.as_ref().and_then(|r| g.vault.get(r, field).ok().flatten());
+                Some((c, secret))
+            })
+        };
+        let (conn, secret) = load().await.ok().flatten()?;
+        if conn.kind == crate::store::ConnectionKind::Oauth
+            && crate::lifecycle::Refresher::needs_refresh(&conn, time::OffsetDateTime::now_utc())
+            && self
+                .refresher
+                .refresh(&conn.id, conn.secret_record.as_deref())
+                .await
+                .is_ok()
+        {
+            let (conn, secret) = load().await.ok().flatten()?;
+            return Some((conn, secret?));
+        }
+        Some((conn, secret?))
+    }
+
+    /// One upstream request: allow-listed headers, then the user's credential (I13).
+    async fn forward(
+        &self,
+        svc: &crate::config::Service,
+        method: &Method,
+        headers: &HeaderMap,
+        body: &axum::body::Bytes,
+        stateless: bool,
+        credential: &crate::secret::SecretBytes,
+    ) -> Result<reqwest::Response, StatusCode> {
+        let mut req = self.http.request(method.clone(), svc.mcp_url.clone());
+        for (name, value) in headers {
+            let n = name.as_str();
+            // Mcp-Param-* mirror arguments the gateway does not check, so they stay here.
+            if FORWARD_REQUEST.contains(&n) || (n == "mcp-session-id" && !stateless) {
+                req = req.header(name, value);
+            }
+        }
+        let cred = zeroize::Zeroizing::new(
+            String::from_utf8_lossy(credential.expose_secret()).into_owned(),
+        );
+        req = match &svc.kind {
+            ServiceKind::ApiKey { header, .. } if !header.eq_ignore_ascii_case("authorization") => {
+                req.header(header.as_str(), cred.as_str())
+            }
+            _ => req.bearer_auth(cred.as_str()),
+        };
+        if method == Method::POST {
+            req = req.body(body.clone());
+        }
+        // Only the start of the answer is timed: a live SSE stream is never cut.
+        match tokio::time::timeout(self.response_start_timeout, req.send()).await {
+            Err(_) => Err(StatusCode::GATEWAY_TIMEOUT),
+            Ok(Err(_)) => Err(StatusCode::BAD_GATEWAY),
+            Ok(Ok(r)) => Ok(r),
         }
     }
 }
@@ -133,6 +248,12 @@ pub async fn handle(
         && origin != proxy.public_origin
     {
         return plain(StatusCode::FORBIDDEN, "origin not allowed\n");
+    }
+    if !matches!(method, Method::POST | Method::GET | Method::DELETE) {
+        return plain(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "MCP uses POST, GET and DELETE\n",
+        );
     }
     let Some(token) = bearer(&headers) else {
         return unauthorized();
@@ -182,14 +303,19 @@ pub async fn handle(
         _ => Value::Null,
     };
     // 2026-07-28: Mcp-Method / Mcp-Name must match the body (SEP-2243).
-    if stateless && let Some(m) = &message {
+    // Checked whenever present (and required when stateless), so an upstream that routes on
+    // these headers cannot be told something the body does not say.
+    if let Some(m) = &message {
         let header_method = headers.get("mcp-method").and_then(|v| v.to_str().ok());
         let header_name = headers.get("mcp-name").and_then(|v| v.to_str().ok());
         let body_name = match m {
             Message::Request { target, .. } => target.as_deref(),
             _ => None,
         };
-        if header_method != m.method() || (body_name.is_some() && header_name != body_name) {
+        let method_bad = header_method != m.method() && (stateless || header_method.is_some());
+        let name_bad = header_name != body_name
+            && (header_name.is_some() || (stateless && body_name.is_some()));
+        if method_bad || name_bad {
             return json_response(
                 StatusCode::BAD_REQUEST,
                 jsonrpc::error(
@@ -240,98 +366,80 @@ pub async fn handle(
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
     if !stateless && let Some(sid) = &session {
-        let owner = proxy.sessions.lock().ok().and_then(|m| m.get(sid).cloned());
-        if owner != Some((service.clone(), principal.agent.id.clone())) {
+        let owner = proxy
+            .sessions
+            .lock()
+            .ok()
+            .and_then(|m| m.owner(&service, sid).cloned());
+        if owner.as_deref() != Some(principal.agent.id.as_str()) {
             return plain(StatusCode::NOT_FOUND, "session not found\n");
         }
     }
-    // The user's credential for the service.
-    let g = proxy.gateway.clone();
-    let (uid, sname) = (principal.user.id.clone(), service.clone());
-    let conn = tokio::task::spawn_blocking(
-        move || -> Option<(crate::store::Connection, Option<crate::secret::SecretBytes>)> {
-            let c = g.live_connection(&uid, &sname).ok()??;
-            if c.status != ConnectionStatus::Active && c.status != ConnectionStatus::Refreshing {
-                return Some((c, None));
-            }
-            let field = if c.kind == crate::store::ConnectionKind::ApiKey {
-                "api_key"
-            } else {
-                ACCESS_FIELD
-            };
-            let secret = c
-                .secret_record
-                .as_ref()
-                .and_then(|r| g.vault.get(r, field).ok().flatten());
-            Some((c, secret))
-        },
-    )
-    .await
-    .ok()
-    .flatten();
-    let Some((_, Some(credential))) = conn else {
-        let event = call_event(
-            &principal,
-            &service,
-            tool.as_deref(),
-            message.as_ref(),
-            "needs_connection",
-            started,
-        );
-        let _ = proxy.audit.record(event);
-        return reconnect_answer(&proxy, &service, &id, message.as_ref());
-    };
-    // Build the upstream request: an allow-list of headers, then our credential.
-    let url = svc.mcp_url.clone();
-    let mut req = proxy.http.request(method.clone(), url);
-    for (name, value) in &headers {
-        let n = name.as_str();
-        if FORWARD_REQUEST.contains(&n)
-            || n.starts_with("mcp-param-")
-            || (n == "mcp-session-id" && !stateless)
-        {
-            req = req.header(name, value);
-        }
-    }
-    let cred =
-        zeroize::Zeroizing::new(String::from_utf8_lossy(credential.expose_secret()).into_owned());
-    req = match &svc.kind {
-        ServiceKind::ApiKey { header, .. } if !header.eq_ignore_ascii_case("authorization") => {
-            req.header(header.as_str(), cred.as_str())
-        }
-        _ => req.bearer_auth(cred.as_str()),
-    };
-    drop(cred);
-    if method == Method::POST {
-        req = req.body(body.clone());
-    }
-    let resp = match tokio::time::timeout(proxy.response_start_timeout, req.send()).await {
-        Err(_) => {
-            let _ = proxy.audit.record(call_event(
+    // The user's credential for the service, refreshed first when it is about to expire.
+    let mut cred = match proxy.credential(&principal, &service).await {
+        Some(c) => c,
+        None => {
+            let event = call_event(
                 &principal,
                 &service,
                 tool.as_deref(),
                 message.as_ref(),
-                "upstream_timeout",
+                "needs_connection",
                 started,
-            ));
-            return plain(
-                StatusCode::GATEWAY_TIMEOUT,
-                "upstream did not answer in time\n",
             );
+            let _ = proxy.audit.record(event);
+            return reconnect_answer(&proxy, &service, &id, message.as_ref());
         }
-        Ok(Err(_)) => {
-            let _ = proxy.audit.record(call_event(
-                &principal,
-                &service,
-                tool.as_deref(),
-                message.as_ref(),
-                "upstream_unreachable",
-                started,
-            ));
-            return plain(StatusCode::BAD_GATEWAY, "upstream unreachable\n");
+    };
+    let mut retried = false;
+    let resp = loop {
+        let resp = match proxy
+            .forward(svc, &method, &headers, &body, stateless, &cred.1)
+            .await
+        {
+            Ok(r) => r,
+            Err(status) => {
+                let outcome = if status == StatusCode::GATEWAY_TIMEOUT {
+                    "upstream_timeout"
+                } else {
+                    "upstream_unreachable"
+                };
+                let _ = proxy.audit.record(call_event(
+                    &principal,
+                    &service,
+                    tool.as_deref(),
+                    message.as_ref(),
+                    outcome,
+                    started,
+                ));
+                return plain(
+                    status,
+                    if status == StatusCode::GATEWAY_TIMEOUT {
+                        "upstream did not answer in time\n"
+                    } else {
+                        "upstream unreachable\n"
+                    },
+                );
+            }
+        };
+        // An upstream 401 on an OAuth connection: one refresh and one retry, never a loop.
+        if resp.status() == reqwest::StatusCode::UNAUTHORIZED
+            && !retried
+            && cred.0.kind == crate::store::ConnectionKind::Oauth
+        {
+            retried = true;
+            if proxy
+                .refresher
+                .refresh_after_401(&cred.0.id, cred.0.secret_record.as_deref())
+                .await
+                .is_ok()
+                && let Some(c) = proxy.credential(&principal, &service).await
+            {
+                cred = c;
+                continue;
+            }
         }
-        Ok(Ok(r)) => r,
+        break resp;
     };
     let status = resp.status();
     let outcome = if status.is_success() || status == reqwest::StatusCode::ACCEPTED {
@@ -386,19 +494,13 @@ pub async fn handle(
         && !stateless
         && let Ok(mut m) = proxy.sessions.lock()
     {
-        if m.len() >= MAX_SESSIONS {
-            m.clear();
-        }
-        m.insert(
-            sid.to_owned(),
-            (service.clone(), principal.agent.id.clone()),
-        );
+        m.bind(&service, sid, &principal.agent.id);
     }
     if method == Method::DELETE
         && status.is_success()
         && let (Some(sid), Ok(mut m)) = (&session, proxy.sessions.lock())
     {
-        m.remove(sid);
+        m.unbind(&service, sid);
     }
     if is_sse {
         out = out.header("x-accel-buffering", "no");
@@ -409,7 +511,8 @@ pub async fn handle(
         // Filtering needs the whole (small) answer; everything else streams.
         let mut buf = Vec::new();
         let mut stream = resp.bytes_stream();
-        while let Some(chunk) = stream.next().await {
+        let deadline = tokio::time::Instant::now() + proxy.response_start_timeout;
+        while let Ok(Some(chunk)) = tokio::time::timeout_at(deadline, stream.next()).await {
             let Ok(chunk) = chunk else {
                 return plain(StatusCode::BAD_GATEWAY, "upstream stream failed\n");
             };
@@ -509,17 +612,16 @@ fn filter_tools_list(
     let text = String::from_utf8_lossy(body);
     let mut out = String::with_capacity(text.len());
     for line in text.split_inclusive('\n') {
-        match line.strip_prefix("data:") {
-            Some(data) => match serde_json::from_str::<Value>(data.trim()) {
-                Ok(mut v) => {
-                    filter_json(&mut v);
-                    out.push_str("data: ");
-                    out.push_str(&v.to_string());
-                    out.push('\n');
-                }
-                Err(_) => out.push_str(line),
-            },
-            None => out.push_str(line),
+        let Some(data) = line.strip_prefix("data:") else {
+            out.push_str(line);
+            continue;
+        };
+        // Fail closed: a data line we cannot read could list hidden tools, so it is dropped.
+        if let Ok(mut v) = serde_json::from_str::<Value>(data.trim()) {
+            filter_json(&mut v);
+            out.push_str("data: ");
+            out.push_str(&v.to_string());
+            out.push('\n');
         }
     }
     out.into_bytes()
@@ -528,5 +630,5 @@ fn filter_tools_list(
 /// Header names forwarded from the agent, for tests of I13.
 pub fn forwarded_request_header(name: &HeaderName) -> bool {
     let n = name.as_str();
-    FORWARD_REQUEST.contains(&n) || n.starts_with("mcp-param-") || n == "mcp-session-id"
+    FORWARD_REQUEST.contains(&n) || n == "mcp-session-id"
 }

@@ -422,10 +422,13 @@ fn i8_expired_and_foreign_state_are_refused() {
         f.g.begin_connect(
             &user,
             session.expose_secret(),
-            "search",
-            Some("https://as.example"),
-            &["a".into()],
-            "http://127.0.0.1/cb",
+            &scopegate::gateway::connect::FlowTarget {
+                service: "search",
+                issuer: Some("https://as.example"),
+                iss_required: true,
+                scopes: &["a".into()],
+                redirect_uri: "http://127.0.0.1/cb",
+            },
         )
         .unwrap();
     let state = String::from_utf8(begun.state.expose_secret().to_vec()).unwrap();

@@ -10,6 +10,7 @@ mod browser;
 mod harness;
 
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use browser::{Browser, free_port};
@@ -24,7 +25,7 @@ struct Op {
 }
 
 impl Op {
-    fn start(redirect_uri: &str, dir: &std::path::Path) -> Op {
+    fn start_with_ttl(redirect_uri: &str, dir: &std::path::Path, access_ttl: u64) -> Op {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop");
         assert!(
@@ -38,6 +39,7 @@ impl Op {
             .env("PORT", port.to_string())
             .env("REDIRECT_URI", redirect_uri)
             .env("CLIENT_SECRET", CLIENT_SECRET)
+            .env("ACCESS_TTL", access_ttl.to_string())
             .stdout(std::fs::File::create(&log).unwrap())
             .stderr(Stdio::null())
             .spawn()
@@ -94,11 +96,15 @@ struct Setup {
 
 /// A gateway with one OAuth service per oidc-provider instance (`files`, then `files2`).
 fn setup(n_ops: usize) -> Setup {
+    setup_with(n_ops, 3600, "http://127.0.0.1:9/mcp")
+}
+
+fn setup_with(n_ops: usize, access_ttl: u64, mcp_url: &str) -> Setup {
     let gw = free_port();
     let base = format!("http://127.0.0.1:{gw}");
     let tmp = tempfile::tempdir().unwrap();
     let ops: Vec<Op> = (0..n_ops)
-        .map(|_| Op::start(&format!("{base}/oauth/callback"), tmp.path()))
+        .map(|_| Op::start_with_ttl(&format!("{base}/oauth/callback"), tmp.path(), access_ttl))
         .collect();
     let mut config = format!("listen = \"127.0.0.1:{gw}\"\npublic_url = \"{base}\"\n");
     for (i, op) in ops.iter().enumerate() {
@@ -109,7 +115,7 @@ fn setup(n_ops: usize) -> Setup {
         };
         config.push_str(&format!(
             "[providers.corp{suffix}]\nissuer = \"{}\"\nclient_id = \"scopegate\"\nclient_secret_env = \"SCOPEGATE_TEST_CORP_SECRET\"\n\
-             [services.files{suffix}]\nprovider = \"corp{suffix}\"\nmcp_url = \"http://127.0.0.1:9/mcp\"\nscopes = [\"files.read\", \"files.write\"]\n",
+             [services.files{suffix}]\nprovider = \"corp{suffix}\"\nmcp_url = \"{mcp_url}\"\nscopes = [\"files.read\", \"files.write\"]\n",
             op.issuer()
         ));
     }
@@ -551,4 +557,146 @@ async fn discovery_refuses_servers_without_s256_or_with_another_issuer() {
         let want = if case == "no-s256" { "S256" } else { "issuer" };
         assert!(page.body.contains(want), "{case}: {}", page.body);
     }
+}
+
+/// A resource server that validates every token it receives by RFC 7662 introspection at the
+/// oidc-provider (whose issuer it learns once that is running), answering `whoami` with the
+/// token's subject and 401 for anything inactive.
+async fn introspecting_upstream(issuer: Arc<tokio::sync::OnceCell<String>>) -> u16 {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let app = axum::Router::new().route(
+        "/mcp",
+        axum::routing::post(move |headers: axum::http::HeaderMap, body: String| {
+            let issuer = issuer.clone();
+            async move {
+                let token = headers.get("authorization").and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer ")).unwrap_or("").to_owned();
+                let v: serde_json::Value = reqwest::Client::new()
+                    .post(format!("{}/token/introspection", issuer.get().unwrap()))
+                    .basic_auth("scopegate", Some(CLIENT_SECRET))
+                    .form(&[("token", token.as_str())])
+                    .send()
+                    .await
+                    .unwrap()
+                    .json()
+                    .await
+                    .unwrap();
+                if v["active"] != true {
+                    return axum::response::Response::builder().status(401).body(axum::body::Body::from("inactive")).unwrap();
+                }
+                let id = serde_json::from_str::<serde_json::Value>(&body).unwrap()["id"].clone();
+                let out = serde_json::json!({"jsonrpc":"2.0","id":id,"result":{"content":[{"type":"text","text":v["sub"]}]}});
+                axum::response::Response::builder().header("content-type", "application/json").body(axum::body::Body::from(out.to_string())).unwrap()
+            }
+        }),
+    );
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    port
+}
+
+/// I15/I16 against oidc-provider (rotating refresh tokens, reuse detection, 6 s access
+/// tokens) with an upstream that introspects every token: after the token expires, 64
+/// concurrent agent calls cause exactly one token request and all succeed; twice over; the
+/// grant survives (no reuse detected).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_calls_on_an_expired_token_refresh_once() {
+    let issuer = Arc::new(tokio::sync::OnceCell::new());
+    let up = introspecting_upstream(issuer.clone()).await;
+    let s = setup_with(1, 6, &format!("http://127.0.0.1:{up}/mcp"));
+    issuer.set(s.ops[0].issuer()).unwrap();
+    let mut b = s.browser("alice").await;
+    let cb = s.authorize(&mut b, "files").await;
+    assert_eq!(b.get(&cb).await.status, 303);
+    let token = s
+        .inst
+        .ok(&["agent", "add", "worker", "--user", "alice"], b"")
+        .trim()
+        .to_owned();
+    let url = format!("{}/mcp/files", s.base);
+    let http = reqwest::Client::new();
+    let call = |i: u64| {
+        let (url, token, http) = (url.clone(), token.clone(), http.clone());
+        async move {
+            let body = serde_json::json!({"jsonrpc":"2.0","id":i,"method":"tools/call","params":{"name":"whoami","arguments":{}}});
+            let r = http
+                .post(url)
+                .bearer_auth(token)
+                .header("content-type", "application/json")
+                .body(body.to_string())
+                .send()
+                .await
+                .unwrap();
+            let status = r.status().as_u16();
+            (status, r.text().await.unwrap())
+        }
+    };
+    let (st, body) = call(0).await;
+    assert_eq!(st, 200, "{body}");
+    assert!(body.contains("alice"), "{body}");
+    assert_eq!(
+        s.ops[0].token_requests().await,
+        1,
+        "only the code exchange so far"
+    );
+    for round in 1..=2u64 {
+        tokio::time::sleep(Duration::from_millis(6500)).await;
+        let before = s.ops[0].token_requests().await;
+        let results = futures_util::future::join_all((0..64).map(|i| call(round * 100 + i))).await;
+        for (st, body) in &results {
+            assert_eq!(*st, 200, "round {round}: {body}");
+            assert!(body.contains("alice"), "round {round}: {body}");
+        }
+        assert_eq!(
+            s.ops[0].token_requests().await,
+            before + 1,
+            "round {round}: not exactly one refresh"
+        );
+    }
+    assert_eq!(
+        s.connections()[0]["status"],
+        "active",
+        "the grant was revoked (reuse detected?)"
+    );
+    let audit = s.inst.ok(&["audit", "list"], b"");
+    assert_eq!(audit.matches("oauth.refresh").count(), 2, "{audit}");
+}
+
+/// Login CSRF (RFC 9700 §4.7.1): a login form posted from another site is refused, so nobody
+/// can sign a victim's browser into their own account.
+#[tokio::test]
+async fn login_posted_from_another_site_is_refused() {
+    let s = setup(1);
+    s.inst.ok(&["user", "add", "mallory"], b"");
+    let link = s
+        .inst
+        .ok(&["user", "link", "mallory"], b"")
+        .trim()
+        .to_owned();
+    let token = link.split("token=").nth(1).unwrap().to_owned();
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    for (h, v) in [
+        ("origin", "https://evil.example"),
+        ("sec-fetch-site", "cross-site"),
+    ] {
+        let r = http
+            .post(format!("{}/login", s.base))
+            .header(h, v)
+            .form(&[("token", token.as_str())])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 403, "{h}");
+        assert!(r.headers().get("set-cookie").is_none());
+    }
+    // The link was not spent by the refused attempts.
+    let r = http
+        .post(format!("{}/login", s.base))
+        .form(&[("token", token.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 303);
 }

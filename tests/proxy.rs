@@ -94,7 +94,7 @@ fn async_stream(id: Value) -> impl futures_util::Stream<Item = Result<Vec<u8>, s
             match i {
                 0 => Some((Ok(first.into_bytes()), 1)),
                 1 => {
-                    tokio::time::sleep(Duration::from_millis(1500)).await;
+                    tokio::time::sleep(Duration::from_millis(2600)).await;
                     Some((Ok(last.into_bytes()), 2))
                 }
                 _ => None,
@@ -471,9 +471,61 @@ async fn sse_streams_as_it_arrives_and_a_hung_upstream_gets_504() {
         rest.extend_from_slice(&c);
     }
     assert!(String::from_utf8_lossy(&rest).contains("done"));
-    assert!(started.elapsed() >= Duration::from_millis(1400));
+    // The stream outlived the 2 s response-start timeout: only the start is timed.
+    assert!(started.elapsed() >= Duration::from_millis(2500));
     let t0 = Instant::now();
     let (s, _, _) = e.call(&t, "files", call(2, "hang"), &[]).await;
     assert_eq!(s, 504);
     assert!(t0.elapsed() < Duration::from_secs(6));
+}
+
+/// Regression (review): a `tools/call` sent without an id, or with a duplicate or case-variant
+/// key, would reach upstream unchecked; all are refused before upstream.
+#[tokio::test]
+async fn i12_messages_an_upstream_could_read_differently_are_refused() {
+    let e = env().await;
+    let token = e.agent("sneaky", "alice", Some("readonly"));
+    let before = e.upstream_count();
+    for body in [
+        r#"{"jsonrpc":"2.0","method":"tools/call","params":{"name":"write_file"}}"#,
+        r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"read_file","name":"write_file"}}"#,
+        r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"read_file","Name":"write_file"}}"#,
+        r#"{"jsonrpc":"2.0","id":1,"method":"ping","Method":"tools/call","params":{"name":"write_file"}}"#,
+        r#"[{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"write_file"}}]"#,
+    ] {
+        let r = e
+            .http
+            .post(format!("{}/mcp/files", e.base))
+            .bearer_auth(&token)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400, "{body}");
+    }
+    // A legacy request whose Mcp-Name disagrees with the body is refused too.
+    let (s, _, _) = e
+        .call(
+            &token,
+            "files",
+            call(9, "read_file"),
+            &[("mcp-name", "write_file")],
+        )
+        .await;
+    assert_eq!(s, 400);
+    let r = e
+        .http
+        .put(format!("{}/mcp/files", e.base))
+        .bearer_auth(&token)
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 405);
+    assert_eq!(
+        e.upstream_count(),
+        before,
+        "a refused message reached upstream"
+    );
 }

@@ -194,15 +194,17 @@ async fn run_async(
         .await??;
     }
     let metrics = Arc::new(web::Metrics::default());
+    let oauth = Arc::new(crate::oauth::client::OAuthClient::new());
     let state = web::AppState {
         gateway: gateway.clone(),
         metrics: metrics.clone(),
-        oauth: Arc::new(crate::oauth::client::OAuthClient::new()),
+        oauth: oauth.clone(),
         public_url: gateway.config.public_url.clone(),
         demo,
         proxy: Arc::new(crate::proxy::Proxy::new(
             gateway.clone(),
             crate::proxy::audit_queue::AuditQueue::start(gateway.clone()),
+            oauth,
         )),
     };
     let app = web::router(state, &limits);

@@ -21,6 +21,7 @@ pub const SESSION_TTL: Duration = Duration::hours(12);
 /// RFC 9700 §4.7 and the MCP spec: `state` lives at most ten minutes.
 pub const PENDING_TTL: Duration = Duration::minutes(10);
 pub const PENDING_PREFIX: &str = "pending/";
+const MAX_PENDING_PER_SESSION: usize = 8;
 const VERIFIER_FIELD: &str = "pkce_verifier";
 pub const ACCESS_FIELD: &str = "access_token";
 pub const REFRESH_FIELD: &str = "refresh_token";
@@ -44,6 +45,18 @@ pub enum CallbackRefusal {
         "the authorization server did not identify itself (iss missing) although it promised to; the response was ignored"
     )]
     IssuerMissing,
+}
+
+/// Where a new authorization goes and what it asks for.
+#[derive(Debug, Clone, Copy)]
+pub struct FlowTarget<'a> {
+    pub service: &'a str,
+    /// The issuer `iss` must equal (RFC 9207), when known.
+    pub issuer: Option<&'a str>,
+    /// The server advertised RFC 9207, so `iss` may not be missing.
+    pub iss_required: bool,
+    pub scopes: &'a [String],
+    pub redirect_uri: &'a str,
 }
 
 /// What the browser needs to go to the provider.
@@ -153,13 +166,18 @@ impl Gateway {
         &self,
         user: &User,
         session: &[u8],
-        service: &str,
-        issuer: Option<&str>,
-        scopes: &[String],
-        redirect_uri: &str,
+        target: &FlowTarget<'_>,
     ) -> Result<Begun, GatewayError> {
+        let FlowTarget {
+            service,
+            issuer,
+            iss_required,
+            scopes,
+            redirect_uri,
+        } = *target;
         let state = random_token();
         let verifier = random_token();
+        let mut stale = Vec::new();
         let record = format!("{PENDING_PREFIX}{}", uuid::Uuid::new_v4());
         self.vault
             .put(&record, VERIFIER_FIELD, verifier.expose_secret())?;
@@ -170,11 +188,20 @@ impl Gateway {
             browser_session_hash: lookup_hash(session),
             verifier_record: record.clone(),
             issuer: issuer.map(str::to_owned),
+            iss_required,
             scopes: scopes.to_vec(),
             redirect_uri: redirect_uri.to_owned(),
             expires: OffsetDateTime::now_utc() + PENDING_TTL,
         };
         let written = self.store.write(|t| {
+            // Bounded: expired sign-ins go, and one browser session holds a few at most.
+            let (expired, _) = t.purge_expired()?;
+            stale.extend(expired);
+            if t.pending_for_session(&pending.browser_session_hash)? >= MAX_PENDING_PER_SESSION {
+                return Err(StoreError::Conflict(
+                    "too many sign-ins in progress in this browser; finish or wait for one".into(),
+                ));
+            }
             t.put_pending(&pending)?;
             t.audit(
                 Event::new(&user.name, "oauth.begin", service, "ok")
@@ -182,6 +209,9 @@ impl Gateway {
             )?;
             Ok(())
         });
+        for r in &stale {
+            let _ = self.vault.delete_record(r);
+        }
         if let Err(e) = written {
             if !matches!(e, StoreError::CommitUncertain(_)) {
                 let _ = self.vault.delete_record(&record);
@@ -296,6 +326,8 @@ impl Gateway {
                     .expires_in
                     .map(|s| t.now + Duration::seconds(s as i64)),
                 issuer: pending.issuer.clone(),
+                strikes: 0,
+                last_refresh: None,
             };
             t.put_connection(&conn)?;
             t.audit(

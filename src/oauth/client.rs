@@ -176,6 +176,26 @@ impl OAuthClient {
         self.token_request(rp, creds, form).await
     }
 
+    /// RFC 6749 §6 (with RFC 8707 `resource` when the service wants it).
+    pub async fn refresh(
+        &self,
+        rp: &ResolvedProvider,
+        creds: &ClientCredentials,
+        refresh_token: &[u8],
+        resource: Option<&Url>,
+    ) -> Result<TokenResponse, ExchangeError> {
+        let rt = zeroize::Zeroizing::new(String::from_utf8_lossy(refresh_token).into_owned());
+        let mut form: Vec<(&str, &str)> = vec![
+            ("grant_type", "refresh_token"),
+            ("refresh_token", rt.as_str()),
+        ];
+        let resource_s = resource.map(Url::to_string);
+        if let (Some(r), true) = (resource_s.as_deref(), rp.send_resource) {
+            form.push(("resource", r));
+        }
+        self.token_request(rp, creds, form).await
+    }
+
     async fn token_request(
         &self,
         rp: &ResolvedProvider,

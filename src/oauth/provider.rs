@@ -196,10 +196,17 @@ pub fn from_metadata(
     {
         return Err(DiscoveryError::NoS256);
     }
+    // http is accepted only when the configured issuer itself is a loopback http URL: a
+    // remote https issuer cannot send the client secret to a cleartext endpoint.
+    let issuer_loopback_http = configured_issuer.scheme() == "http"
+        && matches!(
+            configured_issuer.host_str(),
+            Some("127.0.0.1" | "localhost" | "[::1]")
+        );
     let endpoint = |name: &'static str, s: &str| -> Result<Url, DiscoveryError> {
         let u = Url::parse(s).map_err(|_| DiscoveryError::BadEndpoint(name))?;
         let loopback = matches!(u.host_str(), Some("127.0.0.1" | "localhost" | "[::1]"));
-        if u.scheme() == "https" || (u.scheme() == "http" && loopback) {
+        if u.scheme() == "https" || (u.scheme() == "http" && loopback && issuer_loopback_http) {
             Ok(u)
         } else {
             Err(DiscoveryError::BadEndpoint(name))

@@ -131,7 +131,12 @@ pub fn parse(status: u16, body: &[u8], quirks: Quirks) -> Result<TokenResponse, 
     let token_type = match tok.get("token_type").and_then(Value::as_str) {
         None | Some("") => return Err(TokenError::MissingTokenType),
         Some(t) if t.eq_ignore_ascii_case("bearer") => TokenType::Bearer,
-        Some(t) if t.eq_ignore_ascii_case("dpop") => TokenType::DPoP,
+        // DPoP is not implemented yet: a sender-constrained token must never go out as Bearer.
+        Some(t) if t.eq_ignore_ascii_case("dpop") => {
+            return Err(TokenError::UnsupportedTokenType(
+                "DPoP (not supported yet)".into(),
+            ));
+        }
         // Slack's own token types are bearer tokens.
         Some("bot" | "user") if quirks.slack => TokenType::Bearer,
         Some(t) => return Err(TokenError::UnsupportedTokenType(short(t))),

@@ -32,6 +32,10 @@ impl Message {
 pub enum InspectError {
     #[error("the body is not JSON")]
     NotJson,
+    #[error("the message repeats a key, or spells one of its keys in another case")]
+    AmbiguousKey,
+    #[error("only notifications/* methods may be sent without an id")]
+    NotANotification,
     #[error("batches are not part of MCP since 2025-06-18")]
     Batch,
     #[error("not a JSON-RPC 2.0 message")]
@@ -40,8 +44,91 @@ pub enum InspectError {
     MissingTarget(String, &'static str),
 }
 
+/// Upstreams may read JSON differently from us: last-wins or first-wins duplicate keys, and
+/// (Go's encoding/json) case-insensitive, Unicode-folded key matching. Refusing every
+/// duplicate, and every key that folds to one the policy reads without being it, leaves one
+/// reading (the go-sdk's GHSA-wvj2-96wp-fq3f was exactly this).
+fn unambiguous(body: &[u8]) -> bool {
+    use serde::de::{DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
+    struct Strict;
+    impl<'de> DeserializeSeed<'de> for Strict {
+        type Value = ();
+        fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+            d.deserialize_any(self)
+        }
+    }
+    impl<'de> Visitor<'de> for Strict {
+        type Value = ();
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("JSON")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+            let mut seen = std::collections::HashSet::new();
+            while let Some(key) = map.next_key::<String>()? {
+                let folded = fold(&key);
+                let sensitive = [
+                    "jsonrpc",
+                    "id",
+                    "method",
+                    "params",
+                    "name",
+                    "uri",
+                    "arguments",
+                ];
+                if !seen.insert(folded.clone())
+                    || (sensitive.contains(&folded.as_str()) && folded != key)
+                {
+                    return Err(serde::de::Error::custom("ambiguous key"));
+                }
+                map.next_value_seed(Strict)?;
+            }
+            Ok(())
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+            while seq.next_element_seed(Strict)?.is_some() {}
+            Ok(())
+        }
+        fn visit_bool<E>(self, _: bool) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_i64<E>(self, _: i64) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_u64<E>(self, _: u64) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_f64<E>(self, _: f64) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_str<E>(self, _: &str) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_unit<E>(self) -> Result<(), E> {
+            Ok(())
+        }
+    }
+    let _ = IgnoredAny;
+    let mut de = serde_json::Deserializer::from_slice(body);
+    Strict.deserialize(&mut de).is_ok() && de.end().is_ok()
+}
+
+/// Case folding as lenient JSON decoders apply it (including the long s and the Kelvin sign).
+fn fold(key: &str) -> String {
+    key.chars()
+        .map(|c| match c {
+            '\u{17f}' => 's',
+            '\u{212a}' => 'k',
+            c => c.to_ascii_lowercase(),
+        })
+        .flat_map(char::to_lowercase)
+        .collect()
+}
+
 pub fn inspect(body: &[u8]) -> Result<Message, InspectError> {
     let v: Value = serde_json::from_slice(body).map_err(|_| InspectError::NotJson)?;
+    if !unambiguous(body) {
+        return Err(InspectError::AmbiguousKey);
+    }
     let obj = match v {
         Value::Object(o) => o,
         Value::Array(_) => return Err(InspectError::Batch),
@@ -59,6 +146,11 @@ pub fn inspect(body: &[u8]) -> Result<Message, InspectError> {
     };
     let method = method.as_str().ok_or(InspectError::NotJsonRpc)?.to_owned();
     let Some(id) = obj.get("id") else {
+        // Without an id a generic JSON-RPC server still runs the method: a `tools/call`
+        // notification must not slip past the tool check.
+        if !method.starts_with("notifications/") {
+            return Err(InspectError::NotANotification);
+        }
         return Ok(Message::Notification { method });
     };
     if !(id.is_string() || id.is_i64() || id.is_u64()) {
@@ -141,5 +233,34 @@ mod tests {
             inspect(br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{}}"#),
             Err(InspectError::MissingTarget(..))
         ));
+    }
+
+    /// Regression: a tools/call without an id, duplicate keys and case-variant keys would let
+    /// an upstream run a tool the gateway never checked.
+    #[test]
+    fn refuses_messages_an_upstream_could_read_differently() {
+        assert_eq!(
+            inspect(br#"{"jsonrpc":"2.0","method":"tools/call","params":{"name":"write_file"}}"#),
+            Err(InspectError::NotANotification)
+        );
+        for body in [
+            r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"read_file","name":"write_file"}}"#,
+            r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"read_file","Name":"write_file"}}"#,
+            r#"{"jsonrpc":"2.0","id":1,"method":"ping","Method":"tools/call","params":{"name":"x"}}"#,
+            // `param\u{17f}` (long s) folds to `params` in Go's decoder.
+            "{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"tools/call\",\"params\":{\"name\":\"read_file\"},\"param\u{17f}\":{\"name\":\"write_file\"}}",
+            r#"{"jsonrpc":"2.0","id":1,"id":2,"method":"tools/list"}"#,
+        ] {
+            assert_eq!(
+                inspect(body.as_bytes()),
+                Err(InspectError::AmbiguousKey),
+                "{body}"
+            );
+        }
+        // Repeated keys at different levels are fine.
+        assert!(
+            inspect(br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"a","arguments":{"name":"b","params":{"id":3}}}}"#)
+                .is_ok()
+        );
     }
 }

@@ -75,6 +75,11 @@ pub struct Connection {
     /// The authorization server that issued the tokens (RFC 9207 issuer), when known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub issuer: Option<String>,
+    /// Consecutive definitive refresh rejections (three mean `needs_reauth`).
+    #[serde(default)]
+    pub strikes: u32,
+    #[serde(with = "time::serde::rfc3339::option", default)]
+    pub last_refresh: Option<OffsetDateTime>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -118,6 +123,9 @@ pub struct PendingAuthorization {
     pub browser_session_hash: String,
     pub verifier_record: String,
     pub issuer: Option<String>,
+    /// The server advertised RFC 9207: a callback without `iss` is refused.
+    #[serde(default)]
+    pub iss_required: bool,
     pub scopes: Vec<String>,
     pub redirect_uri: String,
     #[serde(with = "time::serde::rfc3339")]

@@ -123,6 +123,17 @@ impl Txn<'_> {
         Ok((records, removed))
     }
 
+    pub fn pending_for_session(&self, session_hash: &str) -> Result<usize, StoreError> {
+        let t = self.txn.open_table(PENDING).map_err(st)?;
+        let mut n = 0;
+        for e in t.iter().map_err(st)? {
+            let (k, v) = e.map_err(st)?;
+            let p: PendingAuthorization = decode("pending_authorizations", k.value(), v.value())?;
+            n += usize::from(p.browser_session_hash == session_hash);
+        }
+        Ok(n)
+    }
+
     /// The user's live (not revoked) connection for a service, if any.
     pub fn live_connection(
         &self,

@@ -160,7 +160,32 @@ pub async fn login_page(RawQuery(q): RawQuery) -> Response {
     )
 }
 
-pub async fn login(State(state): State<AppState>, body: axum::body::Bytes) -> Response {
+/// Login CSRF (RFC 9700 §4.7.1): another site must not sign this browser into someone else's
+/// account, so the login form only works when posted from our own page.
+fn same_site_post(state: &AppState, headers: &HeaderMap) -> bool {
+    let origin_ok = headers
+        .get(header::ORIGIN)
+        .and_then(|v| v.to_str().ok())
+        .is_none_or(|o| o == "null" || o == state.public_url.origin().ascii_serialization());
+    let site_ok = headers
+        .get("sec-fetch-site")
+        .and_then(|v| v.to_str().ok())
+        .is_none_or(|s| !matches!(s, "cross-site" | "same-site"));
+    origin_ok && site_ok
+}
+
+pub async fn login(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    if !same_site_post(&state, &headers) {
+        return refusal(
+            StatusCode::FORBIDDEN,
+            "Refused",
+            "This sign-in came from another site.",
+        );
+    }
     let form = parse_form(&body);
     let token = form
         .into_iter()
@@ -368,6 +393,7 @@ pub async fn begin(
         }
     }
     let redirect = redirect_uri(&state);
+    let iss_req = rp.iss_supported;
     let (g2, u2, s2, svc2, iss2, sc2, r2) = (
         g.clone(),
         user.clone(),
@@ -377,12 +403,24 @@ pub async fn begin(
         scopes.clone(),
         redirect.clone(),
     );
-    let begun =
-        match blocking(move || g2.begin_connect(&u2, &s2, &svc2, iss2.as_deref(), &sc2, &r2)).await
-        {
-            Some(Ok(b)) => b,
-            _ => return internal(),
+    let begun = match blocking(move || {
+        let target = crate::gateway::connect::FlowTarget {
+            service: &svc2,
+            issuer: iss2.as_deref(),
+            iss_required: iss_req,
+            scopes: &sc2,
+            redirect_uri: &r2,
         };
+        g2.begin_connect(&u2, &s2, &target)
+    })
+    .await
+    {
+        Some(Ok(b)) => b,
+        Some(Err(crate::gateway::GatewayError::Store(crate::store::StoreError::Conflict(m)))) => {
+            return refusal(StatusCode::TOO_MANY_REQUESTS, "Cannot connect now", &m);
+        }
+        _ => return internal(),
+    };
     let mut url = rp.authorization_endpoint.clone();
     {
         let mut q = url.query_pairs_mut();
@@ -445,14 +483,9 @@ pub async fn callback(
     })
     .await
     .flatten();
-    let mut iss_required = false;
-    if let Some(p) = &pending_service
-        && let Some((_, provider_name, _, _)) = oauth_service(&state.gateway, &p.service)
-        && let Some(provider) = state.gateway.config.providers.get(provider_name)
-        && let Ok(rp) = state.oauth.resolve(provider_name, provider).await
-    {
-        iss_required = rp.iss_supported;
-    }
+    // Whether `iss` is required was fixed when the flow began (not rediscovered now, so
+    // a discovery failure cannot turn the check off).
+    let iss_required = pending_service.as_ref().is_some_and(|p| p.iss_required);
     let g = state.gateway.clone();
     let (st3, sess3, iss3) = (st.clone(), session.clone(), parsed.iss.clone());
     let checked =
