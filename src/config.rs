@@ -40,6 +40,7 @@ struct RawLimits {
     shutdown_grace_secs: Option<u64>,
     upstream_response_timeout_secs: Option<u64>,
     stream_idle_timeout_secs: Option<u64>,
+    max_streams_per_agent: Option<usize>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -95,6 +96,8 @@ pub struct Limits {
     pub upstream_response_timeout_secs: u64,
     /// A stream from upstream silent for this long is cut (heartbeats keep it alive).
     pub stream_idle_timeout_secs: u64,
+    /// Concurrent proxied requests (open streams included) per agent; more get 429.
+    pub max_streams_per_agent: usize,
 }
 
 impl Default for Limits {
@@ -107,6 +110,7 @@ impl Default for Limits {
             shutdown_grace_secs: 10,
             upstream_response_timeout_secs: 30,
             stream_idle_timeout_secs: 300,
+            max_streams_per_agent: 32,
         }
     }
 }
@@ -242,6 +246,11 @@ fn check(raw: RawConfig) -> Result<Config, String> {
             "limits.upstream_response_timeout_secs",
             l.upstream_response_timeout_secs,
             d.upstream_response_timeout_secs,
+        )?,
+        max_streams_per_agent: positive(
+            "limits.max_streams_per_agent",
+            l.max_streams_per_agent,
+            d.max_streams_per_agent,
         )?,
         stream_idle_timeout_secs: positive(
             "limits.stream_idle_timeout_secs",

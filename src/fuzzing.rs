@@ -46,3 +46,15 @@ pub fn callback(data: &[u8]) {
         }
     }
 }
+
+/// The proxy's JSON-RPC inspection: bodies agents send to `/mcp/{service}`.
+pub fn jsonrpc(data: &[u8]) {
+    if let Ok(crate::proxy::jsonrpc::Message::Request { method, target, .. }) =
+        crate::proxy::jsonrpc::inspect(data)
+    {
+        // A request that names a tool always carries the name the policy will check.
+        if method == "tools/call" {
+            assert!(target.is_some());
+        }
+    }
+}

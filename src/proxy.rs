@@ -84,6 +84,41 @@ impl Sessions {
     }
 }
 
+/// Counts an agent's proxied requests in flight; the count drops when the response body (an
+/// SSE stream included) is finished or abandoned.
+struct StreamSlot {
+    counts: Arc<Mutex<HashMap<String, usize>>>,
+    agent: String,
+}
+
+impl StreamSlot {
+    fn take(counts: &Arc<Mutex<HashMap<String, usize>>>, agent: &str, max: usize) -> Option<Self> {
+        let mut m = counts.lock().ok()?;
+        let n = m.entry(agent.to_owned()).or_insert(0);
+        if *n >= max {
+            return None;
+        }
+        *n += 1;
+        Some(Self {
+            counts: counts.clone(),
+            agent: agent.to_owned(),
+        })
+    }
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        if let Ok(mut m) = self.counts.lock()
+            && let Some(n) = m.get_mut(&self.agent)
+        {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                m.remove(&self.agent);
+            }
+        }
+    }
+}
+
 pub struct Proxy {
     pub gateway: Arc<Gateway>,
     http: reqwest::Client,
@@ -94,6 +129,7 @@ pub struct Proxy {
     connect_url: String,
     pub response_start_timeout: Duration,
     refresher: crate::lifecycle::Refresher,
+    streams: Arc<Mutex<HashMap<String, usize>>>,
 }
 
 impl Proxy {
@@ -126,6 +162,7 @@ impl Proxy {
                 gateway.config.limits.upstream_response_timeout_secs,
             ),
             refresher: crate::lifecycle::Refresher::new(gateway.clone(), oauth),
+            streams: Arc::new(Mutex::new(HashMap::new())),
             gateway,
         }
     }
@@ -264,6 +301,16 @@ pub async fn handle(
         Ok(Ok(Some(p))) => p,
         Ok(Ok(None)) => return unauthorized(),
         _ => return plain(StatusCode::INTERNAL_SERVER_ERROR, "internal error\n"),
+    };
+    let Some(slot) = StreamSlot::take(
+        &proxy.streams,
+        &principal.agent.id,
+        proxy.gateway.config.limits.max_streams_per_agent,
+    ) else {
+        return plain(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too many concurrent requests for this agent\n",
+        );
     };
     let Some(svc) = proxy.gateway.config.services.get(&service) else {
         return plain(StatusCode::NOT_FOUND, "no such service\n");
@@ -529,7 +576,12 @@ pub async fn handle(
             .body(Body::from(filtered))
             .unwrap_or_else(|_| plain(StatusCode::BAD_GATEWAY, "bad upstream response\n"));
     }
-    out.body(Body::from_stream(resp.bytes_stream()))
+    // The slot travels with the body: it is released when the stream ends or is dropped.
+    let body = resp.bytes_stream().map(move |chunk| {
+        let _held = &slot;
+        chunk
+    });
+    out.body(Body::from_stream(body))
         .unwrap_or_else(|_| plain(StatusCode::BAD_GATEWAY, "bad upstream response\n"))
 }
 

@@ -40,6 +40,14 @@ fn config_corpus_replays() {
 }
 
 #[test]
+fn jsonrpc_corpus_replays() {
+    assert!(
+        replay("jsonrpc", scopegate::fuzzing::jsonrpc) >= 3,
+        "seeds missing"
+    );
+}
+
+#[test]
 fn callback_corpus_replays() {
     assert!(
         replay("callback", scopegate::fuzzing::callback) >= 3,

@@ -116,7 +116,7 @@ async fn env() -> Env {
     let gw = free_port();
     let base = format!("http://127.0.0.1:{gw}");
     let inst = Instance::init_with(&format!(
-        "listen = \"127.0.0.1:{gw}\"\n[limits]\nupstream_response_timeout_secs = 2\nmax_body_bytes = 65536\n\
+        "listen = \"127.0.0.1:{gw}\"\n[limits]\nupstream_response_timeout_secs = 2\nmax_body_bytes = 65536\nmax_streams_per_agent = 2\n\
          [services.files]\nkind = \"api_key\"\nmcp_url = \"http://127.0.0.1:{up}/mcp\"\nheader = \"X-API-Key\"\n\
          [services.search]\nkind = \"api_key\"\nmcp_url = \"http://127.0.0.1:{up}/mcp\"\n"
     ));
@@ -528,4 +528,82 @@ async fn i12_messages_an_upstream_could_read_differently_are_refused() {
         before,
         "a refused message reached upstream"
     );
+}
+
+/// A per-agent cap on concurrent requests, open streams included: a third stream is refused
+/// with 429 while two are open, and accepted once they end. Another agent is unaffected.
+#[tokio::test]
+async fn per_agent_stream_cap() {
+    let e = env().await;
+    let t = e.agent("busy", "alice", None);
+    let other = e.agent("calm", "alice", None);
+    let open = |i: u64| {
+        let (http, url, t) = (e.http.clone(), format!("{}/mcp/files", e.base), t.clone());
+        async move {
+            let mut r = http
+                .post(url)
+                .bearer_auth(t)
+                .header("content-type", "application/json")
+                .body(call(i, "stream").to_string())
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200);
+            let _ = r.chunk().await; // first event: the stream is open
+            r
+        }
+    };
+    let (a, b) = tokio::join!(open(1), open(2));
+    let (s, _, _) = e.call(&t, "files", call(3, "read_file"), &[]).await;
+    assert_eq!(s, 429, "a third concurrent request was let through");
+    assert_eq!(
+        e.call(&other, "files", call(4, "read_file"), &[]).await.0,
+        200,
+        "another agent was capped"
+    );
+    for mut r in [a, b] {
+        while r.chunk().await.unwrap().is_some() {}
+    }
+    assert_eq!(
+        e.call(&t, "files", call(5, "read_file"), &[]).await.0,
+        200,
+        "slots were not released"
+    );
+}
+
+/// A 10 MiB body, chunked (no Content-Length) and with Content-Length, is refused with 413
+/// before anything reaches upstream.
+#[tokio::test]
+async fn ten_mib_bodies_are_refused_chunked_or_not() {
+    let e = env().await;
+    let t = e.agent("big", "alice", None);
+    let before = e.upstream_count();
+    let chunk = vec![b' '; 64 * 1024];
+    let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
+        (0..160).map(|_| Ok(chunk.clone())).collect();
+    let r = e
+        .http
+        .post(format!("{}/mcp/files", e.base))
+        .bearer_auth(&t)
+        .header("content-type", "application/json")
+        .body(reqwest::Body::wrap_stream(futures_util::stream::iter(
+            chunks,
+        )))
+        .send()
+        .await;
+    // The gateway may answer 413 and close before the client has sent everything.
+    if let Ok(r) = r {
+        assert_eq!(r.status(), 413);
+    }
+    let r = e
+        .http
+        .post(format!("{}/mcp/files", e.base))
+        .bearer_auth(&t)
+        .body(vec![b' '; 10 * 1024 * 1024])
+        .send()
+        .await;
+    if let Ok(r) = r {
+        assert_eq!(r.status(), 413);
+    }
+    assert_eq!(e.upstream_count(), before);
 }
