@@ -15,7 +15,7 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use futures_util::StreamExt;
-use serde_json::Value;
+use serde_json::{Value, json};
 
 use crate::config::ServiceKind;
 use crate::gateway::Gateway;
@@ -435,7 +435,7 @@ pub async fn handle(
                 started,
             );
             let _ = proxy.audit.record(event);
-            return reconnect_answer(&proxy, &service, &id, message.as_ref());
+            return reconnect_answer(&proxy, &service, &id, message.as_ref(), version);
         }
     };
     let mut retried = false;
@@ -608,27 +608,52 @@ fn call_event(
     e
 }
 
-/// "Connect your account", the spec's way: URL-mode elicitation (error -32042, 2025-11-25),
-/// naming the service and where the user reconnects.
-fn reconnect_answer(proxy: &Proxy, service: &str, id: &Value, m: Option<&Message>) -> Response {
+/// "Connect your account", the spec's way for each era, naming the service and where the user
+/// reconnects (no credential and nothing pre-authenticated in the URL): an
+/// `InputRequiredResult` carrying a URL-mode elicitation for 2026-07-28 clients (SEP-2322),
+/// the `-32042` URL-elicitation-required error for 2025-11-25 clients, and a tool error with
+/// the same text for older ones.
+fn reconnect_answer(
+    proxy: &Proxy,
+    service: &str,
+    id: &Value,
+    m: Option<&Message>,
+    version: &str,
+) -> Response {
     let message = format!(
         "Connect your {service} account at {} to continue.",
         proxy.connect_url
     );
-    if !matches!(m, Some(Message::Request { .. })) {
+    let Some(Message::Request { method, .. }) = m else {
         return plain(StatusCode::CONFLICT, "the service is not connected\n");
+    };
+    let elicitation = json!({"mode": "url", "message": message, "url": proxy.connect_url});
+    if version >= STATELESS_REVISION {
+        let result = json!({
+            "resultType": "input_required",
+            "inputRequests": {"connect": {"method": "elicitation/create", "params": elicitation}},
+            "requestState": format!("scopegate-connect:{service}"),
+        });
+        return json_response(
+            StatusCode::OK,
+            serde_json::to_vec(&json!({"jsonrpc": "2.0", "id": id, "result": result}))
+                .unwrap_or_default(),
+        );
     }
-    let data = serde_json::json!({
-        "elicitations": [{
-            "mode": "url",
-            "elicitationId": uuid::Uuid::new_v4().to_string(),
-            "url": proxy.connect_url,
-            "message": message,
-        }]
-    });
+    if version >= "2025-11-25" || method != "tools/call" {
+        let mut e = elicitation;
+        e["elicitationId"] = Value::String(uuid::Uuid::new_v4().to_string());
+        let data = json!({"elicitations": [e]});
+        return json_response(
+            StatusCode::OK,
+            jsonrpc::error(id, URL_ELICITATION_REQUIRED, &message, Some(data)),
+        );
+    }
+    let result = json!({"content": [{"type": "text", "text": message}], "isError": true});
     json_response(
         StatusCode::OK,
-        jsonrpc::error(id, URL_ELICITATION_REQUIRED, &message, Some(data)),
+        serde_json::to_vec(&json!({"jsonrpc": "2.0", "id": id, "result": result}))
+            .unwrap_or_default(),
     )
 }
 

@@ -141,6 +141,7 @@ fn dev_mode_loop_ends_in_a_working_tool_call() {
                 .post(format!("{base}/mcp/demo"))
                 .bearer_auth(&token)
                 .header("content-type", "application/json")
+                .header("mcp-protocol-version", "2025-11-25")
                 .body(body.to_string())
                 .send()
                 .await

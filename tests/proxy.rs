@@ -309,12 +309,22 @@ async fn i13_no_credential_passes_through_in_either_direction() {
     );
 }
 
+/// An agent of a user without a connection never reaches another user's: it is told, in-band
+/// and in its own protocol revision's terms, where its user connects.
 #[tokio::test]
-async fn isolation_users_never_reach_each_others_connections() {
+async fn isolation_and_in_band_reconnect_per_era() {
     let e = env().await;
     let bob = e.agent("bobs-agent", "bob", None);
     let before = e.upstream_count();
-    let (s, _, body) = e.call(&bob, "files", call(1, "read_file"), &[]).await;
+    // 2025-11-25: the URL-elicitation-required error.
+    let (s, _, body) = e
+        .call(
+            &bob,
+            "files",
+            call(1, "read_file"),
+            &[("mcp-protocol-version", "2025-11-25")],
+        )
+        .await;
     assert_eq!(s, 200);
     let v: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(v["error"]["code"], -32042, "{body}");
@@ -324,6 +334,36 @@ async fn isolation_users_never_reach_each_others_connections() {
             .as_str()
             .unwrap()
             .ends_with("/connect")
+    );
+    // 2026-07-28: an InputRequiredResult carrying a URL-mode elicitation.
+    let modern = [
+        ("mcp-protocol-version", "2026-07-28"),
+        ("mcp-method", "tools/call"),
+        ("mcp-name", "read_file"),
+    ];
+    let (_, _, body) = e.call(&bob, "files", call(2, "read_file"), &modern).await;
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["result"]["resultType"], "input_required", "{body}");
+    let req = &v["result"]["inputRequests"]["connect"];
+    assert_eq!(req["method"], "elicitation/create");
+    assert_eq!(req["params"]["mode"], "url");
+    assert!(req["params"]["message"].as_str().unwrap().contains("files"));
+    // Older clients: a tool error with the same text.
+    let (_, _, body) = e
+        .call(
+            &bob,
+            "files",
+            call(3, "read_file"),
+            &[("mcp-protocol-version", "2025-06-18")],
+        )
+        .await;
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["result"]["isError"], true, "{body}");
+    assert!(
+        v["result"]["content"][0]["text"]
+            .as_str()
+            .unwrap()
+            .contains("/connect")
     );
     assert_eq!(
         e.upstream_count(),
