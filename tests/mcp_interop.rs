@@ -1,6 +1,7 @@
 //! The proxy between the official MCP Python SDK on both sides: an `MCPServer` upstream that
 //! accepts only the user's key, and the SDK `Client` in front with an agent token, in the
-//! handshake era (2025-06-18 / 2025-11-25, sessions) and the current stateless revision.
+//! handshake era (2025-06-18 / 2025-11-25, sessions) and the current stateless revision; and
+//! the official TypeScript SDK client (npm @modelcontextprotocol/sdk) against the same.
 //! Needs `pip install -r tests/interop/requirements.txt` (scripts/test.sh runs it).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -147,6 +148,39 @@ fn python_sdk_client_and_server_through_the_gateway_in_both_eras() {
             );
         }
     }
+    // The official TypeScript SDK client too (npm @modelcontextprotocol/sdk).
+    let out = Command::new("node")
+        .arg(interop("ts-client.mjs"))
+        .args([&url, &token])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "typescript: {stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    eprintln!(
+        "typescript: negotiated {} (session: {})",
+        v["protocol"], v["session"]
+    );
+    assert_eq!(
+        v["whoami"], "alice",
+        "typescript: the user's key did not arrive"
+    );
+    assert_eq!(v["tools"], serde_json::json!(["headers", "whoami"]));
+    assert_eq!(v["write_file"]["is_error"], true);
+    let headers = v["headers"].as_object().unwrap();
+    assert!(
+        !headers.contains_key("authorization"),
+        "typescript: {headers:?}"
+    );
+    assert!(
+        !serde_json::to_string(headers)
+            .unwrap()
+            .contains(&token[4..])
+    );
     let audit = inst.ok(&["audit", "list"], b"");
     assert!(
         audit.contains("tool=\"write_file\"") && audit.contains("denied"),

@@ -106,7 +106,10 @@ fn setup_with(n_ops: usize, access_ttl: u64, mcp_url: &str) -> Setup {
     let ops: Vec<Op> = (0..n_ops)
         .map(|_| Op::start_with_ttl(&format!("{base}/oauth/callback"), tmp.path(), access_ttl))
         .collect();
-    let mut config = format!("listen = \"127.0.0.1:{gw}\"\npublic_url = \"{base}\"\n");
+    // 64 concurrent calls from one agent in the refresh test: lift the per-agent cap (32).
+    let mut config = format!(
+        "listen = \"127.0.0.1:{gw}\"\npublic_url = \"{base}\"\n[limits]\nmax_streams_per_agent = 128\n"
+    );
     for (i, op) in ops.iter().enumerate() {
         let suffix = if i == 0 {
             String::new()
