@@ -40,6 +40,15 @@ pub fn parse_rule(s: &str) -> Result<ProfileRule, String> {
     }
 }
 
+/// A rule as `profile add --allow` takes it: `SERVICE` or `SERVICE:GLOB,GLOB`.
+pub fn describe(rule: &ProfileRule) -> String {
+    if rule.tools.is_empty() {
+        rule.service.clone()
+    } else {
+        format!("{}:{}", rule.service, rule.tools.join(","))
+    }
+}
+
 /// Merges rules for the same service (an empty tool list means every tool).
 pub fn merge(rules: Vec<ProfileRule>) -> Vec<ProfileRule> {
     let mut out: Vec<ProfileRule> = Vec::new();

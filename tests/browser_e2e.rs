@@ -5,7 +5,7 @@
 #[path = "support/harness.rs"]
 mod harness;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 #[test]
 fn connect_page_in_headless_chromium() {
@@ -19,26 +19,7 @@ fn connect_page_in_headless_chromium() {
         "install Debian's chromium (scripts/test.sh does)"
     );
     let tmp = tempfile::tempdir().unwrap();
-    let out_path = tmp.path().join("dev.out");
-    let mut child = std::process::Command::new(harness::bin())
-        .args(["serve", "--dev", "--listen", "127.0.0.1:0"])
-        .env("TMPDIR", tmp.path())
-        .stdout(std::fs::File::create(&out_path).unwrap())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let out = loop {
-        let out = std::fs::read_to_string(&out_path).unwrap();
-        if out.contains("scopegate: ready") {
-            break out;
-        }
-        assert!(
-            Instant::now() < deadline && child.try_wait().unwrap().is_none(),
-            "{out}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let (mut child, out) = harness::start_dev(tmp.path());
     let link = out
         .lines()
         .find_map(|l| l.split(": ").last().filter(|x| x.contains("/login?token=")))
@@ -98,26 +79,7 @@ fn connect_page_in_headless_chromium() {
 fn dev_mode_loop_ends_in_a_working_tool_call() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let tmp = tempfile::tempdir().unwrap();
-    let out_path = tmp.path().join("dev.out");
-    let mut child = std::process::Command::new(harness::bin())
-        .args(["serve", "--dev", "--listen", "127.0.0.1:0"])
-        .env("TMPDIR", tmp.path())
-        .stdout(std::fs::File::create(&out_path).unwrap())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let out = loop {
-        let out = std::fs::read_to_string(&out_path).unwrap();
-        if out.contains("scopegate: ready") {
-            break out;
-        }
-        assert!(
-            Instant::now() < deadline && child.try_wait().unwrap().is_none(),
-            "{out}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let (mut child, out) = harness::start_dev(tmp.path());
     let link = out
         .lines()
         .find_map(|l| l.split(": ").last().filter(|x| x.contains("/login?token=")))

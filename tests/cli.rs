@@ -459,27 +459,7 @@ fn connection_cap_queues_excess_clients() {
 #[test]
 fn dev_mode_serves_with_nothing_configured_and_cleans_up() {
     let tmp = tempfile::tempdir().unwrap();
-    let out_path = tmp.path().join("dev.out");
-    let mut child = std::process::Command::new(harness::bin())
-        .args(["serve", "--dev", "--listen", "127.0.0.1:0"])
-        .env_clear()
-        .env("TMPDIR", tmp.path())
-        .stdout(std::fs::File::create(&out_path).unwrap())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let out = loop {
-        let out = std::fs::read_to_string(&out_path).unwrap();
-        if out.contains("scopegate: ready") {
-            break out;
-        }
-        assert!(
-            Instant::now() < deadline && child.try_wait().unwrap().is_none(),
-            "{out}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let (mut child, out) = harness::start_dev(tmp.path());
     let data = out
         .lines()
         .find_map(|l| l.strip_prefix("scopegate: admin commands: export SCOPEGATE_DATA_DIR="))

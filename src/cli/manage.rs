@@ -142,17 +142,7 @@ pub fn profile(dir: &DataDir, cmd: ProfileCmd) -> anyhow::Result<()> {
                 println!("{}", serde_json::to_string(&profiles)?);
             } else {
                 for p in profiles {
-                    let rules: Vec<String> = p
-                        .rules
-                        .iter()
-                        .map(|r| {
-                            if r.tools.is_empty() {
-                                r.service.clone()
-                            } else {
-                                format!("{}:{}", r.service, r.tools.join(","))
-                            }
-                        })
-                        .collect();
+                    let rules: Vec<String> = p.rules.iter().map(crate::policy::describe).collect();
                     println!("{}\t{}", p.name, rules.join(" "));
                 }
             }

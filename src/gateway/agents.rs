@@ -113,17 +113,7 @@ impl Gateway {
         };
         self.store.write(|t| {
             t.insert_profile(&profile)?;
-            let summary: Vec<String> = profile
-                .rules
-                .iter()
-                .map(|r| {
-                    if r.tools.is_empty() {
-                        r.service.clone()
-                    } else {
-                        format!("{}:{}", r.service, r.tools.join(","))
-                    }
-                })
-                .collect();
+            let summary: Vec<String> = profile.rules.iter().map(crate::policy::describe).collect();
             t.audit(
                 Event::new(ADMIN, "profile.add", name, "ok").detail("allow", summary.join(" ")),
             )?;

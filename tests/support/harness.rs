@@ -280,3 +280,30 @@ pub fn raw_http(addr: SocketAddr, request: &[u8]) -> String {
     let _ = s.read_to_end(&mut buf);
     String::from_utf8_lossy(&buf).into_owned()
 }
+
+/// Starts `serve --dev --listen 127.0.0.1:0` with its temporary folder under `tmp`, waits
+/// until it is ready, and returns it with what it printed.
+pub fn start_dev(tmp: &Path) -> (Child, String) {
+    let out_path = tmp.join("dev.out");
+    let mut child = Command::new(bin())
+        .args(["serve", "--dev", "--listen", "127.0.0.1:0"])
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("TMPDIR", tmp)
+        .stdout(std::fs::File::create(&out_path).unwrap())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let out = std::fs::read_to_string(&out_path).unwrap();
+        if out.contains("scopegate: ready") {
+            return (child, out);
+        }
+        assert!(
+            Instant::now() < deadline && child.try_wait().unwrap().is_none(),
+            "{out}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
