@@ -1,0 +1,103 @@
+#!/usr/bin/env bash
+# Proxy benchmark on loopback (issue 4): the same MCP tools/call POST sent
+#   1. to the upstream directly,
+#   2. through nginx as a plain header-injecting reverse proxy (keepalive pool),
+#   3. through Scopegate (agent token in, the user's API key out, policy, audit),
+# at concurrency 1, 16 and 64, with wrk. Prints requests/s, p50/p99 latency, the proxy's CPU
+# per request (from /proc utime+stime) and its RSS. Everything shares this machine's cores
+# with wrk, so compare rows, not absolutes.   usage: bash bench/proxy.sh [seconds per run]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DUR=${1:-10}
+for tool in wrk nginx; do
+  command -v "$tool" >/dev/null || { [ "$(id -u)" = 0 ] && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk nginx-light >/dev/null; }
+done
+cargo build --release --locked --bin scopegate --example bench_upstream 2>&1 | tail -1
+T=$(mktemp -d); chmod 700 "$T"
+KEY=bench-upstream-key-0d2c9e
+UP=19701; NG=19702; GW=19703
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$T"; }
+trap cleanup EXIT
+
+target/release/examples/bench_upstream $UP $KEY >/dev/null & pids+=($!)
+
+cat > "$T/nginx.conf" <<CONF
+worker_processes 1; daemon off; pid $T/nginx.pid; error_log $T/nginx.err;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  upstream up { server 127.0.0.1:$UP; keepalive 128; }
+  server {
+    listen 127.0.0.1:$NG;
+    location / {
+      proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection "";
+      proxy_set_header Authorization ""; proxy_set_header X-API-Key $KEY; proxy_buffering off;
+    }
+  }
+}
+CONF
+nginx -c "$T/nginx.conf" -p "$T" & pids+=($!)
+
+export SCOPEGATE_DATA_DIR=$T/data SCOPEGATE_PASSPHRASE=bench-passphrase-not-secret
+SG=target/release/scopegate
+$SG init --kdf-memory-kib 19456 --kdf-iterations 2 --kdf-parallelism 1 >/dev/null
+cat > "$T/data/scopegate.toml" <<CONF
+listen = "127.0.0.1:$GW"
+[limits]
+max_connections = 4096
+max_streams_per_agent = 4096
+[services.bench]
+kind = "api_key"
+mcp_url = "http://127.0.0.1:$UP/mcp"
+header = "X-API-Key"
+CONF
+RUST_LOG=warn $SG serve > "$T/sg.out" 2>&1 & pids+=($!)
+for _ in $(seq 100); do grep -q "scopegate: ready" "$T/sg.out" 2>/dev/null && break; sleep 0.1; done
+$SG user add bench >/dev/null
+echo -n $KEY | $SG apikey set bench --user bench >/dev/null
+TOKEN=$($SG agent add wrk --user bench 2>/dev/null)
+sleep 0.5
+NGINX_WORKER=$(pgrep -P "$(cat "$T/nginx.pid")" | head -1)
+SG_PID=$(pgrep -f "target/release/scopegate serve" | head -1)
+
+cat > "$T/post.lua" <<'LUA'
+wrk.method = "POST"
+wrk.body = '{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo","arguments":{"text":"hi"}}}'
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["Accept"] = "application/json, text/event-stream"
+wrk.headers[os.getenv("HDR_NAME")] = os.getenv("HDR_VALUE")
+LUA
+
+ticks() { awk '{print $14+$15}' "/proc/$1/stat"; }
+rss() { awk '/VmRSS/ {print $2/1024}' "/proc/$1/status"; }
+hz=$(getconf CLK_TCK)
+to_us() { awk -v v="$1" 'BEGIN { if (v ~ /us$/) {sub(/us/,"",v); print v} else if (v ~ /ms$/) {sub(/ms/,"",v); print v*1000} else if (v ~ /s$/) {sub(/s/,"",v); print v*1000000} else print v }'; }
+
+printf "%-10s %4s %10s %9s %9s %12s %8s\n" target conc req/s p50_us p99_us cpu_us/req rss_MiB
+run() { # name url pid header value
+  local name=$1 url=$2 pid=$3
+  for c in 1 16 64; do
+    local t=$(( c < 2 ? 1 : 2 ))
+    local before=0; [ "$pid" != "-" ] && before=$(ticks "$pid")
+    out=$(HDR_NAME=$4 HDR_VALUE=$5 wrk -t$t -c$c -d${DUR}s --latency -s "$T/post.lua" "$url")
+    local after=0; [ "$pid" != "-" ] && after=$(ticks "$pid")
+    local rps reqs p50 p99 non2xx
+    rps=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
+    reqs=$(echo "$out" | awk '/requests in/ {print $1}')
+    p50=$(to_us "$(echo "$out" | awk '$1=="50%" {print $2}')")
+    p99=$(to_us "$(echo "$out" | awk '$1=="99%" {print $2}')")
+    non2xx=$(echo "$out" | awk '/Non-2xx/ {print $5}')
+    [ -n "$non2xx" ] && { echo "$name: $non2xx non-2xx responses; aborting" >&2; exit 1; }
+    local cpu="-" mem="-"
+    if [ "$pid" != "-" ]; then
+      cpu=$(awk -v a="$after" -v b="$before" -v hz="$hz" -v n="$reqs" 'BEGIN { printf "%.1f", (a-b)*1000000/hz/n }')
+      mem=$(rss "$pid")
+    fi
+    printf "%-10s %4s %10s %9s %9s %12s %8s\n" "$name" "$c" "$rps" "$p50" "$p99" "$cpu" "$mem"
+  done
+}
+run direct    "http://127.0.0.1:$UP/mcp"       -               X-API-Key     "$KEY"
+run nginx     "http://127.0.0.1:$NG/mcp"       "$NGINX_WORKER" Authorization "Bearer unused"
+run scopegate "http://127.0.0.1:$GW/mcp/bench" "$SG_PID"       Authorization "Bearer $TOKEN"
+echo "audit entries written: $($SG audit verify | awk '{print $4}')"

@@ -1,0 +1,52 @@
+//! A minimal MCP-shaped upstream for `bench/proxy.sh`: answers every POST with a fixed
+//! JSON-RPC result, checking only that the expected API key arrived (so a benchmark can't pass
+//! with credential injection broken).  usage: bench_upstream PORT EXPECTED_KEY
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+
+use http_body_util::Full;
+use hyper::body::Bytes;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() {
+    let mut args = std::env::args().skip(1);
+    let port: u16 = args.next().and_then(|p| p.parse().ok()).unwrap_or(9700);
+    let key: &'static str = Box::leak(args.next().unwrap_or_default().into_boxed_str());
+    let listener = tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], port)))
+        .await
+        .expect("bind");
+    println!("bench upstream on 127.0.0.1:{port}");
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        tokio::spawn(async move {
+            let svc = service_fn(move |req: Request<hyper::body::Incoming>| async move {
+                let ok = req
+                    .headers()
+                    .get("x-api-key")
+                    .is_some_and(|v| v.as_bytes() == key.as_bytes());
+                let resp = if ok {
+                    Response::builder()
+                        .header("content-type", "application/json")
+                        .body(Full::new(Bytes::from_static(br#"{"jsonrpc":"2.0","id":1,"result":{"content":[{"type":"text","text":"ok"}]}}"#)))
+                } else {
+                    Response::builder()
+                        .status(StatusCode::UNAUTHORIZED)
+                        .body(Full::new(Bytes::from_static(b"no key")))
+                };
+                Ok::<_, Infallible>(resp.unwrap_or_default())
+            });
+            let _ = http1::Builder::new()
+                .keep_alive(true)
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
+        });
+    }
+}
