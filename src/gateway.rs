@@ -44,6 +44,9 @@ pub struct Gateway {
     pub config: Config,
     pub vault: Vault,
     pub store: Store,
+    /// Authenticated agents by token hash (never the token), so the proxy's hot path needs
+    /// no read transaction. See `agents::PrincipalCache` for how revocation stays immediate.
+    pub(crate) principals: agents::PrincipalCache,
 }
 
 /// One row of `connection list`: metadata and a fingerprint, never the secret.
@@ -101,6 +104,7 @@ impl Gateway {
             config,
             vault,
             store,
+            principals: agents::PrincipalCache::default(),
         }
     }
 
@@ -125,6 +129,7 @@ impl Gateway {
 
     /// Removes a user after revoking every connection they hold.
     pub fn user_remove(&self, name: &str) -> Result<(), GatewayError> {
+        let mut removed_user = false;
         let records = self.store.write(|t| {
             let user = t
                 .user_by_name(name)?
@@ -155,6 +160,7 @@ impl Gateway {
                 t.put_agent(&a)?;
             }
             t.remove_user(&user)?;
+            removed_user = true;
             t.audit(
                 Event::new(ADMIN, "user.remove", name, "ok")
                     .detail("user_id", &user.id)
@@ -162,6 +168,9 @@ impl Gateway {
             )?;
             Ok(records)
         })?;
+        if removed_user {
+            self.principals.invalidate();
+        }
         self.delete_secrets(&records);
         Ok(())
     }

@@ -576,6 +576,10 @@ pub async fn handle(
             .body(Body::from(filtered))
             .unwrap_or_else(|_| plain(StatusCode::BAD_GATEWAY, "bad upstream response\n"));
     }
+    // Passed through unchanged, the body keeps upstream's length: no re-chunking.
+    if let Some(len) = resp.headers().get(header::CONTENT_LENGTH) {
+        out = out.header(header::CONTENT_LENGTH, len);
+    }
     // The slot travels with the body: it is released when the stream ends or is dropped.
     let body = resp.bytes_stream().map(move |chunk| {
         let _held = &slot;

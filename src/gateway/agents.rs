@@ -8,6 +8,40 @@ use crate::secret::SecretBytes;
 use crate::store::audit::Event;
 use crate::store::{Agent, Profile, ProfileRule, StoreError, User};
 
+/// Principals by token hash. Every change to agents, profiles or users bumps the generation
+/// and empties the map under the same lock, and a lookup caches what it read only if the
+/// generation is unchanged since before its read: a revocation can never be undone by a
+/// lookup that raced it, and takes effect on the next request (I11).
+#[derive(Default)]
+pub struct PrincipalCache {
+    inner: std::sync::Mutex<(u64, std::collections::HashMap<String, Principal>)>,
+}
+
+const MAX_CACHED_PRINCIPALS: usize = 10_000;
+
+impl PrincipalCache {
+    pub fn invalidate(&self) {
+        let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        g.0 += 1;
+        g.1.clear();
+    }
+
+    fn get(&self, hash: &str) -> (u64, Option<Principal>) {
+        let g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        (g.0, g.1.get(hash).cloned())
+    }
+
+    fn put(&self, generation: u64, hash: String, p: Principal) {
+        let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        if g.0 == generation {
+            if g.1.len() >= MAX_CACHED_PRINCIPALS {
+                g.1.clear();
+            }
+            g.1.insert(hash, p);
+        }
+    }
+}
+
 /// An authenticated agent with what it may do.
 #[derive(Debug, Clone)]
 pub struct Principal {
@@ -81,6 +115,7 @@ impl Gateway {
             t.audit(Event::new(ADMIN, "agent.revoke", name, "ok"))?;
             Ok(())
         })?;
+        self.principals.invalidate();
         Ok(())
     }
 
@@ -147,6 +182,7 @@ impl Gateway {
             t.audit(Event::new(ADMIN, "profile.remove", name, "ok"))?;
             Ok(())
         })?;
+        self.principals.invalidate();
         Ok(())
     }
 
@@ -156,8 +192,13 @@ impl Gateway {
         if !agent_token::well_formed(token) {
             return Ok(None);
         }
+        let hash = agent_token::lookup_hash(token);
+        let (generation, cached) = self.principals.get(&hash);
+        if cached.is_some() {
+            return Ok(cached);
+        }
         let r = self.store.read()?;
-        let Some(agent) = r.agent_by_token_hash(&agent_token::lookup_hash(token))? else {
+        let Some(agent) = r.agent_by_token_hash(&hash)? else {
             return Ok(None);
         };
         if agent.revoked.is_some() {
@@ -173,10 +214,55 @@ impl Gateway {
                 })?),
                 None => None,
             };
-        Ok(Some(Principal {
+        let principal = Principal {
             agent,
             user,
             profile,
-        }))
+        };
+        self.principals.put(generation, hash, principal.clone());
+        Ok(Some(principal))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn principal() -> Principal {
+        let now = OffsetDateTime::UNIX_EPOCH;
+        Principal {
+            agent: Agent {
+                id: "a".into(),
+                user_id: "u".into(),
+                name: "n".into(),
+                profile: None,
+                token_hash: "h".into(),
+                created: now,
+                revoked: None,
+            },
+            user: User {
+                id: "u".into(),
+                name: "alice".into(),
+                created: now,
+            },
+            profile: None,
+        }
+    }
+
+    /// A lookup that read the store before a revocation committed must not cache what it read
+    /// after the revocation invalidated the cache (otherwise the revoked agent would live on).
+    #[test]
+    fn a_lookup_that_raced_an_invalidation_is_not_cached() {
+        let c = PrincipalCache::default();
+        let (generation, none) = c.get("h");
+        assert!(none.is_none());
+        c.invalidate(); // the revocation commits here
+        c.put(generation, "h".into(), principal());
+        assert!(c.get("h").1.is_none(), "a stale principal was cached");
+        let (fresh, _) = c.get("h");
+        c.put(fresh, "h".into(), principal());
+        assert!(c.get("h").1.is_some());
+        c.invalidate();
+        assert!(c.get("h").1.is_none());
     }
 }
