@@ -1,6 +1,6 @@
 //! Agents (found by the SHA-256 of their token) and permission profiles.
 
-use redb::ReadableTable;
+use redb::{ReadableTable, TableDefinition};
 
 use super::{
     AGENT_HASHES, AGENT_NAMES, AGENTS, Agent, PROFILE_NAMES, PROFILES, Profile, Reader, StoreError,
@@ -31,14 +31,25 @@ impl Txn<'_> {
     }
 
     pub fn agent_by_name(&self, name: &str) -> Result<Option<Agent>, StoreError> {
-        let names = self.txn.open_table(AGENT_NAMES).map_err(st)?;
+        self.by_name(AGENT_NAMES, AGENTS, "agents", name)
+    }
+
+    /// A record found through its name index.
+    fn by_name<T: serde::de::DeserializeOwned>(
+        &self,
+        names: TableDefinition<&str, &str>,
+        records: TableDefinition<&str, &[u8]>,
+        table: &'static str,
+        name: &str,
+    ) -> Result<Option<T>, StoreError> {
+        let names = self.txn.open_table(names).map_err(st)?;
         let Some(id) = names.get(name).map_err(st)?.map(|v| v.value().to_owned()) else {
             return Ok(None);
         };
-        let t = self.txn.open_table(AGENTS).map_err(st)?;
+        let t = self.txn.open_table(records).map_err(st)?;
         t.get(id.as_str())
             .map_err(st)?
-            .map(|v| decode("agents", &id, v.value()))
+            .map(|v| decode(table, &id, v.value()))
             .transpose()
     }
 
@@ -69,15 +80,7 @@ impl Txn<'_> {
     }
 
     pub fn profile_by_name(&self, name: &str) -> Result<Option<Profile>, StoreError> {
-        let names = self.txn.open_table(PROFILE_NAMES).map_err(st)?;
-        let Some(id) = names.get(name).map_err(st)?.map(|v| v.value().to_owned()) else {
-            return Ok(None);
-        };
-        let t = self.txn.open_table(PROFILES).map_err(st)?;
-        t.get(id.as_str())
-            .map_err(st)?
-            .map(|v| decode("profiles", &id, v.value()))
-            .transpose()
+        self.by_name(PROFILE_NAMES, PROFILES, "profiles", name)
     }
 
     pub fn remove_profile(&mut self, p: &Profile) -> Result<(), StoreError> {

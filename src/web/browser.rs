@@ -135,6 +135,17 @@ fn check_post(
     Ok(())
 }
 
+/// The signed-in user of a form POST that passed the CSRF and origin checks.
+async fn signed_in_post(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<(User, Vec<u8>), Response> {
+    let (user, session) = require_user(state, headers).await?;
+    check_post(state, headers, &session, &parse_form(body))?;
+    Ok((user, session))
+}
+
 fn parse_form(body: &[u8]) -> Vec<(String, String)> {
     url::form_urlencoded::parse(body).into_owned().collect()
 }
@@ -213,13 +224,10 @@ pub async fn logout(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
-    let (_, session) = match require_user(&state, &headers).await {
+    let (_, session) = match signed_in_post(&state, &headers, &body).await {
         Ok(v) => v,
         Err(r) => return r,
     };
-    if let Err(r) = check_post(&state, &headers, &session, &parse_form(&body)) {
-        return r;
-    }
     let g = state.gateway.clone();
     let _ = blocking(move || g.logout(&session)).await;
     let mut r = page(StatusCode::OK, "Signed out", "<p>You are signed out.</p>");
@@ -357,13 +365,10 @@ pub async fn begin(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
-    let (user, session) = match require_user(&state, &headers).await {
+    let (user, session) = match signed_in_post(&state, &headers, &body).await {
         Ok(v) => v,
         Err(r) => return r,
     };
-    if let Err(r) = check_post(&state, &headers, &session, &parse_form(&body)) {
-        return r;
-    }
     let g = state.gateway.clone();
     let Some((_, provider_name, scopes, resource)) = oauth_service(&g, &service) else {
         return refusal(
@@ -619,13 +624,10 @@ pub async fn disconnect(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
-    let (user, session) = match require_user(&state, &headers).await {
+    let (user, _) = match signed_in_post(&state, &headers, &body).await {
         Ok(v) => v,
         Err(r) => return r,
     };
-    if let Err(r) = check_post(&state, &headers, &session, &parse_form(&body)) {
-        return r;
-    }
     let g = state.gateway.clone();
     let (uid, svc) = (user.id.clone(), service.clone());
     let conn = match blocking(move || g.live_connection(&uid, &svc)).await {
