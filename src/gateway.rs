@@ -250,9 +250,7 @@ impl Gateway {
             let u = t
                 .user_by_name(user)?
                 .ok_or_else(|| StoreError::NotFound(format!("no user named {user}")))?;
-            let existing = t.connections()?.into_iter().find(|c| {
-                c.user_id == u.id && c.service == service && c.status != ConnectionStatus::Revoked
-            });
+            let existing = t.live_connection(&u.id, service)?;
             let (mut conn, old_record, action) = match existing {
                 Some(mut c) => {
                     let old = c.secret_record.take();

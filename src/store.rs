@@ -34,6 +34,9 @@ const AGENT_NAMES: TableDefinition<&str, &str> = TableDefinition::new("agent_nam
 const AGENT_HASHES: TableDefinition<&str, &str> = TableDefinition::new("agent_token_hashes");
 const CONNECTIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("connections");
 const PENDING: TableDefinition<&str, &[u8]> = TableDefinition::new("pending_authorizations");
+/// `user_id \0 service` → id of that user's live (not revoked) connection to the service:
+/// the proxy's per-request lookup, O(log n) however many connections are stored.
+const LIVE_CONNECTIONS: TableDefinition<&str, &str> = TableDefinition::new("live_connections");
 const LOGIN_LINKS: TableDefinition<&str, &[u8]> = TableDefinition::new("login_links");
 const SESSIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("sessions");
 const AUDIT: TableDefinition<u64, &[u8]> = TableDefinition::new("audit");
@@ -140,6 +143,7 @@ impl Store {
         };
         let txn = begin_durable(&store.db)?;
         create_tables(&txn)?;
+        rebuild_live_index(&txn)?;
         {
             let meta = txn.open_table(META).map_err(st)?;
             let stored = meta.get(PAIRING).map_err(st)?.map(|v| v.value().to_vec());
@@ -208,6 +212,28 @@ impl Store {
     }
 }
 
+/// Rebuilds the live-connection index from the connections (at open: cheap next to the redb
+/// recovery a crash can need, and it makes the index exactly right whatever came before).
+fn rebuild_live_index(txn: &WriteTransaction) -> Result<(), StoreError> {
+    let mut live = Vec::new();
+    {
+        let conns = txn.open_table(CONNECTIONS).map_err(st)?;
+        for e in conns.iter().map_err(st)? {
+            let (k, v) = e.map_err(st)?;
+            let c: Connection = decode("connections", k.value(), v.value())?;
+            if c.status != ConnectionStatus::Revoked {
+                live.push((live_key(&c.user_id, &c.service), c.id));
+            }
+        }
+    }
+    txn.delete_table(LIVE_CONNECTIONS).map_err(st)?;
+    let mut index = txn.open_table(LIVE_CONNECTIONS).map_err(st)?;
+    for (k, id) in live {
+        index.insert(k.as_str(), id.as_str()).map_err(st)?;
+    }
+    Ok(())
+}
+
 fn create_tables(txn: &WriteTransaction) -> Result<(), StoreError> {
     txn.open_table(USERS).map_err(st)?;
     txn.open_table(USER_NAMES).map_err(st)?;
@@ -219,6 +245,7 @@ fn create_tables(txn: &WriteTransaction) -> Result<(), StoreError> {
     txn.open_table(CONNECTIONS).map_err(st)?;
     txn.open_table(PENDING).map_err(st)?;
     txn.open_table(LOGIN_LINKS).map_err(st)?;
+    txn.open_table(LIVE_CONNECTIONS).map_err(st)?;
     txn.open_table(SESSIONS).map_err(st)?;
     txn.open_table(AUDIT).map_err(st)?;
     txn.open_table(META).map_err(st)?;
@@ -362,11 +389,49 @@ impl Txn<'_> {
         collect(&t, "connections")
     }
 
+    /// Writes a connection and keeps the live-connection index in step with it.
     pub fn put_connection(&mut self, c: &Connection) -> Result<(), StoreError> {
         let mut t = self.txn.open_table(CONNECTIONS).map_err(st)?;
         t.insert(c.id.as_str(), encode(c).as_slice()).map_err(st)?;
+        let mut index = self.txn.open_table(LIVE_CONNECTIONS).map_err(st)?;
+        let key = live_key(&c.user_id, &c.service);
+        if c.status == ConnectionStatus::Revoked {
+            let points_here = index
+                .get(key.as_str())
+                .map_err(st)?
+                .is_some_and(|v| v.value() == c.id);
+            if points_here {
+                index.remove(key.as_str()).map_err(st)?;
+            }
+        } else {
+            index.insert(key.as_str(), c.id.as_str()).map_err(st)?;
+        }
         Ok(())
     }
+}
+
+fn live_key(user_id: &str, service: &str) -> String {
+    format!("{user_id}\0{service}")
+}
+
+fn live_connection_in(
+    index: &impl ReadableTable<&'static str, &'static str>,
+    conns: &impl ReadableTable<&'static str, &'static [u8]>,
+    user_id: &str,
+    service: &str,
+) -> Result<Option<Connection>, StoreError> {
+    let Some(id) = index
+        .get(live_key(user_id, service).as_str())
+        .map_err(st)?
+        .map(|v| v.value().to_owned())
+    else {
+        return Ok(None);
+    };
+    let Some(raw) = conns.get(id.as_str()).map_err(st)? else {
+        return Ok(None);
+    };
+    let c: Connection = decode("connections", &id, raw.value())?;
+    Ok((c.status != ConnectionStatus::Revoked).then_some(c))
 }
 
 fn parse_head(raw: &[u8]) -> Result<Head, StoreError> {
@@ -406,6 +471,17 @@ impl Reader {
 
     pub fn audit_after(&self, after: u64, limit: usize) -> Result<Vec<Entry>, StoreError> {
         audit_after(&self.0, after, limit)
+    }
+
+    /// The user's live connection to a service, through the index.
+    pub fn live_connection(
+        &self,
+        user_id: &str,
+        service: &str,
+    ) -> Result<Option<Connection>, StoreError> {
+        let index = self.0.open_table(LIVE_CONNECTIONS).map_err(st)?;
+        let conns = self.0.open_table(CONNECTIONS).map_err(st)?;
+        live_connection_in(&index, &conns, user_id, service)
     }
 
     /// Verifies the chain and, with the key, the head's HMAC.

@@ -499,3 +499,48 @@ fn i8_expired_and_foreign_state_are_refused() {
         CallbackRefusal::UnknownState
     );
 }
+
+/// The proxy finds a user's live connection through an index: it follows set, rotate, revoke
+/// and set-again, never points at a revoked connection, and is rebuilt when the store opens.
+#[test]
+fn the_live_connection_index_follows_every_change() {
+    let f = fixture();
+    f.g.user_add("alice").unwrap();
+    let uid = f.g.users().unwrap()[0].id.clone();
+    assert!(f.g.live_connection(&uid, "search").unwrap().is_none());
+    let c1 = f.g.apikey_set("search", "alice", &key("k1")).unwrap();
+    assert_eq!(
+        f.g.live_connection(&uid, "search").unwrap().unwrap().id,
+        c1.id
+    );
+    let rotated = f.g.apikey_set("search", "alice", &key("k2")).unwrap();
+    assert_eq!(rotated.id, c1.id);
+    f.g.connection_revoke(&c1.id, "admin").unwrap();
+    assert!(
+        f.g.live_connection(&uid, "search").unwrap().is_none(),
+        "the index points at a revoked connection"
+    );
+    let c2 = f.g.apikey_set("search", "alice", &key("k3")).unwrap();
+    assert_ne!(c2.id, c1.id);
+    assert_eq!(
+        f.g.live_connection(&uid, "search").unwrap().unwrap().id,
+        c2.id
+    );
+    // Reopen: the index is rebuilt from the connections and agrees.
+    let pairing = f.g.vault.pairing_id().to_owned();
+    let head_key = f.g.vault.audit_head_key();
+    let Fixture { _t, dir, g } = f;
+    let gateway_config = g.config.clone();
+    drop(g);
+    let vault = Vault::unlock(
+        &dir.join("secrets.redb"),
+        &Passphrase::new(b"pw for tests".to_vec()),
+    )
+    .unwrap();
+    let store = Store::open(&dir.join("scopegate.redb"), &pairing, head_key).unwrap();
+    let g = Gateway::new(gateway_config, vault, store);
+    assert_eq!(
+        g.live_connection(&uid, "search").unwrap().unwrap().id,
+        c2.id
+    );
+}

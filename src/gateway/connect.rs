@@ -380,8 +380,6 @@ impl Gateway {
         user_id: &str,
         service: &str,
     ) -> Result<Option<Connection>, GatewayError> {
-        Ok(self.store.read()?.connections()?.into_iter().find(|c| {
-            c.user_id == user_id && c.service == service && c.status != ConnectionStatus::Revoked
-        }))
+        Ok(self.store.read()?.live_connection(user_id, service)?)
     }
 }

@@ -140,11 +140,9 @@ impl Txn<'_> {
         user_id: &str,
         service: &str,
     ) -> Result<Option<Connection>, StoreError> {
-        Ok(self.connections()?.into_iter().find(|c| {
-            c.user_id == user_id
-                && c.service == service
-                && c.status != super::ConnectionStatus::Revoked
-        }))
+        let index = self.txn.open_table(super::LIVE_CONNECTIONS).map_err(st)?;
+        let conns = self.txn.open_table(super::CONNECTIONS).map_err(st)?;
+        super::live_connection_in(&index, &conns, user_id, service)
     }
 }
 
