@@ -8,15 +8,26 @@ use super::{
 };
 
 impl Txn<'_> {
-    pub fn insert_agent(&mut self, a: &Agent) -> Result<(), StoreError> {
-        let mut names = self.txn.open_table(AGENT_NAMES).map_err(st)?;
-        if names.get(a.name.as_str()).map_err(st)?.is_some() {
+    /// Records `name → id` in a unique name index; a taken name is a conflict.
+    fn claim_name(
+        &mut self,
+        index: TableDefinition<&str, &str>,
+        kind: &str,
+        name: &str,
+        id: &str,
+    ) -> Result<(), StoreError> {
+        let mut names = self.txn.open_table(index).map_err(st)?;
+        if names.get(name).map_err(st)?.is_some() {
             return Err(StoreError::Conflict(format!(
-                "agent {} already exists",
-                a.name
+                "{kind} {name} already exists"
             )));
         }
-        names.insert(a.name.as_str(), a.id.as_str()).map_err(st)?;
+        names.insert(name, id).map_err(st)?;
+        Ok(())
+    }
+
+    pub fn insert_agent(&mut self, a: &Agent) -> Result<(), StoreError> {
+        self.claim_name(AGENT_NAMES, "agent", &a.name, &a.id)?;
         self.txn
             .open_table(AGENT_HASHES)
             .map_err(st)?
@@ -63,14 +74,7 @@ impl Txn<'_> {
     }
 
     pub fn insert_profile(&mut self, p: &Profile) -> Result<(), StoreError> {
-        let mut names = self.txn.open_table(PROFILE_NAMES).map_err(st)?;
-        if names.get(p.name.as_str()).map_err(st)?.is_some() {
-            return Err(StoreError::Conflict(format!(
-                "profile {} already exists",
-                p.name
-            )));
-        }
-        names.insert(p.name.as_str(), p.id.as_str()).map_err(st)?;
+        self.claim_name(PROFILE_NAMES, "profile", &p.name, &p.id)?;
         self.txn
             .open_table(PROFILES)
             .map_err(st)?

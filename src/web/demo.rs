@@ -405,6 +405,13 @@ fn issue(
     )
 }
 
+/// A single-use credential came back: revoke its whole family (RFC 9700 §4.14.2).
+fn replay_detected(d: &DemoProvider, st: &mut DemoState, family: u64, why: &str) -> Response {
+    st.revoked_families.insert(family);
+    d.reuse_detected.fetch_add(1, Ordering::Relaxed);
+    oauth_error(StatusCode::BAD_REQUEST, "invalid_grant", why)
+}
+
 async fn token(
     State(d): State<Arc<DemoProvider>>,
     headers: HeaderMap,
@@ -430,13 +437,7 @@ async fn token(
             if code.used {
                 // A replayed code: revoke everything it issued.
                 let fam = code.family;
-                st.revoked_families.insert(fam);
-                d.reuse_detected.fetch_add(1, Ordering::Relaxed);
-                return oauth_error(
-                    StatusCode::BAD_REQUEST,
-                    "invalid_grant",
-                    "code already used",
-                );
+                return replay_detected(&d, &mut st, fam, "code already used");
             }
             code.used = true;
             if code.created.elapsed() > CODE_TTL || code.redirect_uri != get("redirect_uri") {
@@ -474,11 +475,10 @@ async fn token(
             };
             let family = r.family;
             if r.used {
-                st.revoked_families.insert(family);
-                d.reuse_detected.fetch_add(1, Ordering::Relaxed);
-                return oauth_error(
-                    StatusCode::BAD_REQUEST,
-                    "invalid_grant",
+                return replay_detected(
+                    &d,
+                    &mut st,
+                    family,
                     "refresh token reuse detected; grant revoked",
                 );
             }
