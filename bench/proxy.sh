@@ -97,6 +97,11 @@ run() { # name url pid header value
     printf "%-10s %4s %10s %9s %9s %12s %8s\n" "$name" "$c" "$rps" "$p50" "$p99" "$cpu" "$mem"
   done
 }
+if [ -n "${PERF:-}" ]; then # PERF=1: profile Scopegate at concurrency 16 instead of the table
+  perf record -F 999 -g -p "$SG_PID" -o "${PERF_OUT:-perf.data}" -- sleep "$DUR" >/dev/null 2>&1 &
+  HDR_NAME=Authorization HDR_VALUE="Bearer $TOKEN" wrk -t2 -c16 -d${DUR}s -s "$T/post.lua" "http://127.0.0.1:$GW/mcp/bench" | grep Requests/sec
+  wait; exit 0
+fi
 run direct    "http://127.0.0.1:$UP/mcp"       -               X-API-Key     "$KEY"
 run nginx     "http://127.0.0.1:$NG/mcp"       "$NGINX_WORKER" Authorization "Bearer unused"
 run scopegate "http://127.0.0.1:$GW/mcp/bench" "$SG_PID"       Authorization "Bearer $TOKEN"

@@ -119,8 +119,50 @@ impl Drop for StreamSlot {
     }
 }
 
+/// A live connection and its decrypted credential. `SecretBytes` zeroizes when the last
+/// reference goes, so the in-memory copy lives no longer than the cache entry and the
+/// requests using it.
+#[derive(Clone)]
+struct Credential {
+    conn: Arc<crate::store::Connection>,
+    secret: Arc<crate::secret::SecretBytes>,
+}
+
+const MAX_CACHED_CREDENTIALS: usize = 100_000;
+
+/// Credentials by (user id, service), each tagged with the store's connections generation
+/// when it was read: any connection write (refresh, revoke, re-key) makes every older copy
+/// unusable before the writer returns, so a revoked token is never served from memory.
+#[derive(Default)]
+struct CredentialCache {
+    inner: Mutex<HashMap<(String, String), (u64, Credential)>>,
+}
+
+impl CredentialCache {
+    fn get(&self, key: &(String, String), generation: u64) -> Option<Credential> {
+        let m = self.inner.lock().ok()?;
+        match m.get(key) {
+            Some((g, c)) if *g == generation => Some(c.clone()),
+            _ => None,
+        }
+    }
+
+    fn put(&self, key: (String, String), generation: u64, c: Credential) {
+        if let Ok(mut m) = self.inner.lock() {
+            if m.len() >= MAX_CACHED_CREDENTIALS {
+                m.retain(|_, (g, _)| *g == generation);
+                if m.len() >= MAX_CACHED_CREDENTIALS {
+                    m.clear();
+                }
+            }
+            m.insert(key, (generation, c));
+        }
+    }
+}
+
 pub struct Proxy {
     pub gateway: Arc<Gateway>,
+    credentials: CredentialCache,
     http: reqwest::Client,
     /// Upstream session id → (service, agent id) that opened it (I14).
     sessions: Mutex<Sessions>,
@@ -162,6 +204,7 @@ impl Proxy {
                 gateway.config.limits.upstream_response_timeout_secs,
             ),
             refresher: crate::lifecycle::Refresher::new(gateway.clone(), oauth),
+            credentials: CredentialCache::default(),
             streams: Arc::new(Mutex::new(HashMap::new())),
             gateway,
         }
@@ -170,38 +213,57 @@ impl Proxy {
 
 impl Proxy {
     /// The live connection of the agent's user for `service` and its credential; refreshes an
-    /// OAuth access token first when it expires within a minute. `None`: not connected.
-    async fn credential(
-        &self,
-        p: &Principal,
-        service: &str,
-    ) -> Option<(crate::store::Connection, crate::secret::SecretBytes)> {
-        let load = || {
-            let g = self.gateway.clone();
-            let (uid, sname) = (p.user.id.clone(), service.to_owned());
-            tokio::task::spawn_blocking(move || -> Option<(crate::store::Connection, Option<crate::secret::SecretBytes>)> {
-                let c = g.live_connection(&uid, &sname).ok()??;
-                if c.status != ConnectionStatus::Active && c.status != ConnectionStatus::Refreshing {
-                    return Some((c, None));
-                }
-                let field = if c.kind == crate::store::ConnectionKind::ApiKey { "api_key" } else { ACCESS_FIELD };
-                let secret = c.secret_record.as_ref().and_then(|r| g.vault.get(r, field).ok().flatten());
-                Some((c, secret))
-            })
-        };
-        let (conn, secret) = load().await.ok().flatten()?;
-        if conn.kind == crate::store::ConnectionKind::Oauth
-            && crate::lifecycle::Refresher::needs_refresh(&conn, time::OffsetDateTime::now_utc())
+    /// OAuth access token first when it is due. `None`: not connected.
+    async fn credential(&self, p: &Principal, service: &str) -> Option<Credential> {
+        let cred = self.load_credential(p, service).await?;
+        if cred.conn.kind == crate::store::ConnectionKind::Oauth
+            && crate::lifecycle::Refresher::needs_refresh(&cred.conn, time::OffsetDateTime::now_utc())
             && self
                 .refresher
-                .refresh(&conn.id, conn.secret_record.as_deref())
+                .refresh(&cred.conn.id, cred.conn.secret_record.as_deref())
                 .await
                 .is_ok()
         {
-            let (conn, secret) = load().await.ok().flatten()?;
-            return Some((conn, secret?));
+            return self.load_credential(p, service).await;
         }
-        Some((conn, secret?))
+        Some(cred)
+    }
+
+    /// From memory while no connection has changed since it was read (the store's
+    /// connections generation), otherwise from the store and the vault.
+    async fn load_credential(&self, p: &Principal, service: &str) -> Option<Credential> {
+        let key = (p.user.id.clone(), service.to_owned());
+        // Read before the store, so a write that lands after our read makes the copy stale.
+        let generation = self.gateway.store.connections_generation();
+        if let Some(c) = self.credentials.get(&key, generation) {
+            return Some(c);
+        }
+        let g = self.gateway.clone();
+        let (uid, sname) = key.clone();
+        let loaded = tokio::task::spawn_blocking(move || -> Option<Credential> {
+            let c = g.live_connection(&uid, &sname).ok()??;
+            if c.status != ConnectionStatus::Active && c.status != ConnectionStatus::Refreshing {
+                return None;
+            }
+            let field = if c.kind == crate::store::ConnectionKind::ApiKey {
+                "api_key"
+            } else {
+                ACCESS_FIELD
+            };
+            let secret = c
+                .secret_record
+                .as_ref()
+                .and_then(|r| g.vault.get(r, field).ok().flatten())?;
+            Some(Credential {
+                conn: Arc::new(c),
+                secret: Arc::new(secret),
+            })
+        })
+        .await
+        .ok()
+        .flatten()?;
+        self.credentials.put(key, generation, loaded.clone());
+        Some(loaded)
     }
 
     /// One upstream request: allow-listed headers, then the user's credential (I13).
@@ -295,12 +357,17 @@ pub async fn handle(
     let Some(token) = bearer(&headers) else {
         return unauthorized();
     };
-    let g = proxy.gateway.clone();
-    let t = token.to_vec();
-    let principal = match tokio::task::spawn_blocking(move || g.authenticate_agent(&t)).await {
-        Ok(Ok(Some(p))) => p,
-        Ok(Ok(None)) => return unauthorized(),
-        _ => return plain(StatusCode::INTERNAL_SERVER_ERROR, "internal error\n"),
+    let principal = match proxy.gateway.cached_principal(token) {
+        Some(p) => p,
+        None => {
+            let g = proxy.gateway.clone();
+            let t = zeroize::Zeroizing::new(token.to_vec());
+            match tokio::task::spawn_blocking(move || g.authenticate_agent(&t)).await {
+                Ok(Ok(Some(p))) => p,
+                Ok(Ok(None)) => return unauthorized(),
+                _ => return plain(StatusCode::INTERNAL_SERVER_ERROR, "internal error\n"),
+            }
+        }
     };
     let Some(slot) = StreamSlot::take(
         &proxy.streams,
@@ -441,7 +508,7 @@ pub async fn handle(
     let mut retried = false;
     let resp = loop {
         let resp = match proxy
-            .forward(svc, &method, &headers, &body, stateless, &cred.1)
+            .forward(svc, &method, &headers, &body, stateless, &cred.secret)
             .await
         {
             Ok(r) => r,
@@ -472,12 +539,12 @@ pub async fn handle(
         // An upstream 401 on an OAuth connection: one refresh and one retry, never a loop.
         if resp.status() == reqwest::StatusCode::UNAUTHORIZED
             && !retried
-            && cred.0.kind == crate::store::ConnectionKind::Oauth
+            && cred.conn.kind == crate::store::ConnectionKind::Oauth
         {
             retried = true;
             if proxy
                 .refresher
-                .refresh_after_401(&cred.0.id, cred.0.secret_record.as_deref())
+                .refresh_after_401(&cred.conn.id, cred.conn.secret_record.as_deref())
                 .await
                 .is_ok()
                 && let Some(c) = proxy.credential(&principal, &service).await

@@ -11,7 +11,7 @@ pub mod records;
 mod sessions;
 
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use redb::{
     Database, ReadOnlyDatabase, ReadTransaction, ReadableDatabase, ReadableTable, TableDefinition,
@@ -93,6 +93,9 @@ pub struct Store {
     db: Database,
     audit_fault: AtomicBool,
     head_key: HeadKey,
+    /// Bumped after every write that touched a connection, so in-memory copies of
+    /// connections and their credentials know they may be stale (the proxy's cache).
+    connections_generation: AtomicU64,
 }
 
 impl Store {
@@ -107,6 +110,7 @@ impl Store {
             db,
             audit_fault: AtomicBool::new(false),
             head_key,
+            connections_generation: AtomicU64::new(0),
         };
         {
             let txn = begin_durable(&store.db)?;
@@ -140,6 +144,7 @@ impl Store {
             db,
             audit_fault: AtomicBool::new(false),
             head_key,
+            connections_generation: AtomicU64::new(0),
         };
         let txn = begin_durable(&store.db)?;
         create_tables(&txn)?;
@@ -172,19 +177,35 @@ impl Store {
         let mut t = Txn {
             txn: &txn,
             audited: false,
+            connections_changed: false,
             audit_fault: self.audit_fault.load(Ordering::SeqCst),
             head_key: &self.head_key,
             now: OffsetDateTime::now_utc(),
         };
-        let out = f(&mut t)?;
-        if !t.audited {
-            return Err(StoreError::AuditUnavailable(
+        let out = f(&mut t);
+        let changed = t.connections_changed;
+        let result = match out {
+            Ok(_) if !t.audited => Err(StoreError::AuditUnavailable(
                 "no audit entry was recorded".into(),
-            ));
+            )),
+            Ok(v) => txn
+                .commit()
+                .map(|()| v)
+                .map_err(|e| StoreError::CommitUncertain(e.to_string())),
+            Err(e) => Err(e),
+        };
+        // After the commit (or its failure), never before: a reader that saw the old
+        // generation read the store before this point and its copy is now marked stale.
+        if changed {
+            self.connections_generation.fetch_add(1, Ordering::SeqCst);
         }
-        txn.commit()
-            .map_err(|e| StoreError::CommitUncertain(e.to_string()))?;
-        Ok(out)
+        result
+    }
+
+    /// See `connections_generation`: read it before reading connections, and a cached copy
+    /// is current while the generation is unchanged.
+    pub fn connections_generation(&self) -> u64 {
+        self.connections_generation.load(Ordering::SeqCst)
     }
 
     /// As `write`, but the closure may find nothing to do and return `None`: the transaction is
@@ -273,6 +294,7 @@ fn decode<T: DeserializeOwned>(
 pub struct Txn<'a> {
     txn: &'a WriteTransaction,
     audited: bool,
+    connections_changed: bool,
     audit_fault: bool,
     head_key: &'a HeadKey,
     pub now: OffsetDateTime,
@@ -391,6 +413,7 @@ impl Txn<'_> {
 
     /// Writes a connection and keeps the live-connection index in step with it.
     pub fn put_connection(&mut self, c: &Connection) -> Result<(), StoreError> {
+        self.connections_changed = true;
         let mut t = self.txn.open_table(CONNECTIONS).map_err(st)?;
         t.insert(c.id.as_str(), encode(c).as_slice()).map_err(st)?;
         let mut index = self.txn.open_table(LIVE_CONNECTIONS).map_err(st)?;

@@ -647,3 +647,54 @@ async fn ten_mib_bodies_are_refused_chunked_or_not() {
     }
     assert_eq!(e.upstream_count(), before);
 }
+
+/// The proxy keeps credentials in memory between calls; a rotated key is used and a revoked
+/// connection refused on the very next call, with nothing stale reaching upstream.
+#[tokio::test]
+async fn rotated_and_revoked_credentials_take_effect_on_the_next_call() {
+    let e = env().await;
+    let agent = e.agent("cached", "alice", None);
+    let sent_key = |e: &Env| {
+        let seen = e.seen.lock().unwrap();
+        let (_, h, _) = seen.requests.last().unwrap();
+        h.get("x-api-key").unwrap().to_str().unwrap().to_owned()
+    };
+    for id in 1..=3 {
+        let (s, _, _) = e.call(&agent, "files", call(id, "read_file"), &[]).await;
+        assert_eq!(s, 200);
+        assert_eq!(sent_key(&e), KEY_A);
+    }
+    e.inst.ok(
+        &["apikey", "set", "files", "--user", "alice"],
+        b"rotated-key-of-alice-51e0",
+    );
+    let (s, _, _) = e.call(&agent, "files", call(4, "read_file"), &[]).await;
+    assert_eq!(s, 200);
+    assert_eq!(sent_key(&e), "rotated-key-of-alice-51e0", "a stale key was sent");
+
+    let list: Value =
+        serde_json::from_str(&e.inst.ok(&["connection", "list", "--json"], b"")).unwrap();
+    let id = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["service"] == "files" && c["status"] == "active")
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    e.inst.ok(&["connection", "revoke", &id], b"");
+    let before = e.upstream_count();
+    let (s, _, body) = e
+        .call(
+            &agent,
+            "files",
+            call(5, "read_file"),
+            &[("mcp-protocol-version", "2025-11-25")],
+        )
+        .await;
+    assert_eq!(s, 200);
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["error"]["code"], -32042, "{body}");
+    assert_eq!(e.upstream_count(), before, "a revoked credential was used");
+}

@@ -1,5 +1,7 @@
 //! Agents and permission profiles: the admin operations, and authenticating an agent's token.
 
+use std::sync::Arc;
+
 use time::OffsetDateTime;
 
 use super::{ADMIN, Gateway, GatewayError, check_user_name};
@@ -14,7 +16,7 @@ use crate::store::{Agent, Profile, ProfileRule, StoreError, User};
 /// lookup that raced it, and takes effect on the next request (I11).
 #[derive(Default)]
 pub struct PrincipalCache {
-    inner: std::sync::Mutex<(u64, std::collections::HashMap<String, Principal>)>,
+    inner: std::sync::Mutex<(u64, std::collections::HashMap<String, Arc<Principal>>)>,
 }
 
 const MAX_CACHED_PRINCIPALS: usize = 10_000;
@@ -26,12 +28,12 @@ impl PrincipalCache {
         g.1.clear();
     }
 
-    fn get(&self, hash: &str) -> (u64, Option<Principal>) {
+    fn get(&self, hash: &str) -> (u64, Option<Arc<Principal>>) {
         let g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         (g.0, g.1.get(hash).cloned())
     }
 
-    fn put(&self, generation: u64, hash: String, p: Principal) {
+    fn put(&self, generation: u64, hash: String, p: Arc<Principal>) {
         let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         if g.0 == generation {
             if g.1.len() >= MAX_CACHED_PRINCIPALS {
@@ -188,7 +190,19 @@ impl Gateway {
 
     /// I11: the agent behind a bearer token, checked on every request. `None` for anything
     /// unknown, malformed or revoked — the caller answers all of them alike.
-    pub fn authenticate_agent(&self, token: &[u8]) -> Result<Option<Principal>, GatewayError> {
+    /// The principal for `token` if it is in memory: no I/O, so the proxy can ask on its
+    /// async path and go to the store (`authenticate_agent`) only on a miss.
+    pub fn cached_principal(&self, token: &[u8]) -> Option<Arc<Principal>> {
+        if !agent_token::well_formed(token) {
+            return None;
+        }
+        self.principals.get(&agent_token::lookup_hash(token)).1
+    }
+
+    pub fn authenticate_agent(
+        &self,
+        token: &[u8],
+    ) -> Result<Option<Arc<Principal>>, GatewayError> {
         if !agent_token::well_formed(token) {
             return Ok(None);
         }
@@ -214,11 +228,11 @@ impl Gateway {
                 })?),
                 None => None,
             };
-        let principal = Principal {
+        let principal = Arc::new(Principal {
             agent,
             user,
             profile,
-        };
+        });
         self.principals.put(generation, hash, principal.clone());
         Ok(Some(principal))
     }
@@ -257,10 +271,10 @@ mod tests {
         let (generation, none) = c.get("h");
         assert!(none.is_none());
         c.invalidate(); // the revocation commits here
-        c.put(generation, "h".into(), principal());
+        c.put(generation, "h".into(), Arc::new(principal()));
         assert!(c.get("h").1.is_none(), "a stale principal was cached");
         let (fresh, _) = c.get("h");
-        c.put(fresh, "h".into(), principal());
+        c.put(fresh, "h".into(), Arc::new(principal()));
         assert!(c.get("h").1.is_some());
         c.invalidate();
         assert!(c.get("h").1.is_none());
