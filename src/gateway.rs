@@ -373,48 +373,64 @@ impl Gateway {
             Ok(Some(records))
         })?;
         self.delete_secrets(&expired.unwrap_or_default());
-        let all = self.vault.records()?;
-        let pending_live: BTreeSet<String> = self
-            .store
-            .read()?
+        // Record by record against the store's reference table, so a million connections
+        // never sit in memory at once.
+        let r = self.store.read()?;
+        let pending_live: BTreeSet<String> = r
             .pending_all()?
             .into_iter()
             .map(|p| p.verifier_record)
             .collect();
-        let stale_pending: Vec<String> = all
-            .iter()
-            .filter(|r| r.starts_with(connect::PENDING_PREFIX) && !pending_live.contains(*r))
-            .cloned()
-            .collect();
+        let mut stale_pending = Vec::new();
+        let mut orphans = Vec::new();
+        let mut stored = 0usize;
+        let mut lookup_error = None;
+        self.vault.for_each_record(|rec| {
+            if rec.starts_with(connect::PENDING_PREFIX) && !pending_live.contains(rec) {
+                stale_pending.push(rec.to_owned());
+            } else if rec.starts_with(SECRET_PREFIX) {
+                stored += 1;
+                match r.secret_referenced(rec) {
+                    Ok(true) => {}
+                    Ok(false) => orphans.push(rec.to_owned()),
+                    Err(e) => lookup_error = Some(e),
+                }
+            }
+            Ok(())
+        })?;
+        if let Some(e) = lookup_error {
+            return Err(e.into());
+        }
         self.delete_secrets(&stale_pending);
-        let stored: BTreeSet<String> = all
-            .into_iter()
-            .filter(|r| r.starts_with(SECRET_PREFIX))
-            .collect();
-        let connections = self.store.read()?.connections()?;
-        let live: BTreeSet<&str> = connections
-            .iter()
-            .filter(|c| c.status.holds_secrets())
-            .filter_map(|c| c.secret_record.as_deref())
-            .collect();
-        let orphans: Vec<String> = stored
-            .iter()
-            .filter(|r| !live.contains(r.as_str()))
-            .cloned()
-            .collect();
-        let lost: Vec<&Connection> = connections
-            .iter()
-            .filter(|c| c.status.holds_secrets())
-            .filter(|c| c.secret_record.as_ref().is_none_or(|r| !stored.contains(r)))
-            .collect();
+        let mut lost: Vec<Connection> = Vec::new();
+        let mut vault_error = None;
+        r.for_each_connection(|c| {
+            if c.status.holds_secrets() {
+                let present = match c.secret_record.as_deref() {
+                    Some(rec) => self.vault.has_record(rec).unwrap_or_else(|e| {
+                        vault_error = Some(e);
+                        true
+                    }),
+                    None => false,
+                };
+                if !present {
+                    lost.push(c);
+                }
+            }
+            Ok(())
+        })?;
+        drop(r);
+        if let Some(e) = vault_error {
+            return Err(e.into());
+        }
         // A crash leaves at most one or two orphans. Many unreferenced records mean the store
         // is not the one these secrets belong with (an older backup): refuse to delete them.
-        if orphans.len() > MAX_ORPHANS_DELETED_AT_START && orphans.len() * 2 > stored.len() {
+        if orphans.len() > MAX_ORPHANS_DELETED_AT_START && orphans.len() * 2 > stored {
             return Err(GatewayError::Invalid(format!(
                 "{} of {} sealed records belong to no connection; refusing to delete them (is \
                  scopegate.redb an older copy than secrets.redb?)",
                 orphans.len(),
-                stored.len()
+                stored
             )));
         }
         let report = ReconcileReport {
@@ -424,7 +440,7 @@ impl Gateway {
         if !lost.is_empty() {
             self.store.write(|t| {
                 for c in &lost {
-                    let mut c = (*c).clone();
+                    let mut c = c.clone();
                     c.status = ConnectionStatus::NeedsReauth;
                     c.status_reason = Some(
                         "its sealed credentials are missing (interrupted change); reconnect".into(),

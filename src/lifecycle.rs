@@ -122,15 +122,12 @@ impl Refresher {
         let _turn = flight.lock().await;
         let g = self.gateway.clone();
         let id = conn_id.to_owned();
-        let conn = tokio::task::spawn_blocking(move || {
-            g.store
-                .read()
-                .and_then(|r| Ok(r.connections()?.into_iter().find(|c| c.id == id)))
-        })
-        .await
-        .map_err(|e| RefreshError::Internal(e.to_string()))?
-        .map_err(|e| RefreshError::Internal(e.to_string()))?
-        .ok_or_else(|| RefreshError::Internal("connection gone".into()))?;
+        let conn =
+            tokio::task::spawn_blocking(move || g.store.read().and_then(|r| r.connection(&id)))
+                .await
+                .map_err(|e| RefreshError::Internal(e.to_string()))?
+                .map_err(|e| RefreshError::Internal(e.to_string()))?
+                .ok_or_else(|| RefreshError::Internal("connection gone".into()))?;
         if conn.status != ConnectionStatus::Active {
             return Err(RefreshError::Rejected(
                 "the connection is not active".into(),

@@ -217,7 +217,10 @@ impl Proxy {
     async fn credential(&self, p: &Principal, service: &str) -> Option<Credential> {
         let cred = self.load_credential(p, service).await?;
         if cred.conn.kind == crate::store::ConnectionKind::Oauth
-            && crate::lifecycle::Refresher::needs_refresh(&cred.conn, time::OffsetDateTime::now_utc())
+            && crate::lifecycle::Refresher::needs_refresh(
+                &cred.conn,
+                time::OffsetDateTime::now_utc(),
+            )
             && self
                 .refresher
                 .refresh(&cred.conn.id, cred.conn.secret_record.as_deref())

@@ -37,6 +37,14 @@ const PENDING: TableDefinition<&str, &[u8]> = TableDefinition::new("pending_auth
 /// `user_id \0 service` → id of that user's live (not revoked) connection to the service:
 /// the proxy's per-request lookup, O(log n) however many connections are stored.
 const LIVE_CONNECTIONS: TableDefinition<&str, &str> = TableDefinition::new("live_connections");
+/// Sealed record → the connection holding it (only for statuses that hold secrets), so
+/// start-up reconciliation checks record by record instead of loading every connection.
+const SECRET_REFS: TableDefinition<&str, &str> = TableDefinition::new("secret_refs");
+/// Connections per status, kept by `put_connection`, for /metrics and `status`.
+const CONNECTION_COUNTS: TableDefinition<&str, u64> = TableDefinition::new("connection_counts");
+/// Version of the derived tables above; they are rebuilt once when it changes.
+const INDEXES: &str = "indexes";
+const INDEXES_VERSION: &[u8] = b"2";
 const LOGIN_LINKS: TableDefinition<&str, &[u8]> = TableDefinition::new("login_links");
 const SESSIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("sessions");
 const AUDIT: TableDefinition<u64, &[u8]> = TableDefinition::new("audit");
@@ -148,7 +156,7 @@ impl Store {
         };
         let txn = begin_durable(&store.db)?;
         create_tables(&txn)?;
-        rebuild_live_index(&txn)?;
+        rebuild_indexes(&txn)?;
         {
             let meta = txn.open_table(META).map_err(st)?;
             let stored = meta.get(PAIRING).map_err(st)?.map(|v| v.value().to_vec());
@@ -233,26 +241,60 @@ impl Store {
     }
 }
 
-/// Rebuilds the live-connection index from the connections (at open: cheap next to the redb
-/// recovery a crash can need, and it makes the index exactly right whatever came before).
-fn rebuild_live_index(txn: &WriteTransaction) -> Result<(), StoreError> {
-    let mut live = Vec::new();
+/// Rebuilds the tables derived from the connections (live index, secret references,
+/// counts) when their version is not the current one, i.e. once after an upgrade. Every
+/// `put_connection` keeps them exact in the same transaction after that, so an open does
+/// not pay a pass over a million connections.
+fn rebuild_indexes(txn: &WriteTransaction) -> Result<(), StoreError> {
+    {
+        let meta = txn.open_table(META).map_err(st)?;
+        if meta
+            .get(INDEXES)
+            .map_err(st)?
+            .map(|v| v.value().to_vec())
+            .as_deref()
+            == Some(INDEXES_VERSION)
+        {
+            return Ok(());
+        }
+    }
+    txn.delete_table(LIVE_CONNECTIONS).map_err(st)?;
+    txn.delete_table(SECRET_REFS).map_err(st)?;
+    txn.delete_table(CONNECTION_COUNTS).map_err(st)?;
     {
         let conns = txn.open_table(CONNECTIONS).map_err(st)?;
+        let mut index = txn.open_table(LIVE_CONNECTIONS).map_err(st)?;
+        let mut refs = txn.open_table(SECRET_REFS).map_err(st)?;
+        let mut counts = std::collections::BTreeMap::<&'static str, u64>::new();
         for e in conns.iter().map_err(st)? {
             let (k, v) = e.map_err(st)?;
             let c: Connection = decode("connections", k.value(), v.value())?;
             if c.status != ConnectionStatus::Revoked {
-                live.push((live_key(&c.user_id, &c.service), c.id));
+                index
+                    .insert(live_key(&c.user_id, &c.service).as_str(), c.id.as_str())
+                    .map_err(st)?;
             }
+            if let Some(r) = secret_ref(&c) {
+                refs.insert(r, c.id.as_str()).map_err(st)?;
+            }
+            *counts.entry(c.status.as_str()).or_default() += 1;
+        }
+        let mut t = txn.open_table(CONNECTION_COUNTS).map_err(st)?;
+        for (status, n) in counts {
+            t.insert(status, n).map_err(st)?;
         }
     }
-    txn.delete_table(LIVE_CONNECTIONS).map_err(st)?;
-    let mut index = txn.open_table(LIVE_CONNECTIONS).map_err(st)?;
-    for (k, id) in live {
-        index.insert(k.as_str(), id.as_str()).map_err(st)?;
-    }
+    let mut meta = txn.open_table(META).map_err(st)?;
+    meta.insert(INDEXES, INDEXES_VERSION).map_err(st)?;
     Ok(())
+}
+
+/// The sealed record a connection holds, if its status means it holds one.
+fn secret_ref(c: &Connection) -> Option<&str> {
+    c.status
+        .holds_secrets()
+        .then_some(c.secret_record.as_deref())
+        .flatten()
 }
 
 fn create_tables(txn: &WriteTransaction) -> Result<(), StoreError> {
@@ -267,6 +309,8 @@ fn create_tables(txn: &WriteTransaction) -> Result<(), StoreError> {
     txn.open_table(PENDING).map_err(st)?;
     txn.open_table(LOGIN_LINKS).map_err(st)?;
     txn.open_table(LIVE_CONNECTIONS).map_err(st)?;
+    txn.open_table(SECRET_REFS).map_err(st)?;
+    txn.open_table(CONNECTION_COUNTS).map_err(st)?;
     txn.open_table(SESSIONS).map_err(st)?;
     txn.open_table(AUDIT).map_err(st)?;
     txn.open_table(META).map_err(st)?;
@@ -411,10 +455,15 @@ impl Txn<'_> {
         collect(&t, "connections")
     }
 
-    /// Writes a connection and keeps the live-connection index in step with it.
+    /// Writes a connection and keeps the derived tables (live index, secret references,
+    /// counts per status) in step with it.
     pub fn put_connection(&mut self, c: &Connection) -> Result<(), StoreError> {
         self.connections_changed = true;
         let mut t = self.txn.open_table(CONNECTIONS).map_err(st)?;
+        let old: Option<Connection> = match t.get(c.id.as_str()).map_err(st)? {
+            Some(v) => Some(decode("connections", &c.id, v.value())?),
+            None => None,
+        };
         t.insert(c.id.as_str(), encode(c).as_slice()).map_err(st)?;
         let mut index = self.txn.open_table(LIVE_CONNECTIONS).map_err(st)?;
         let key = live_key(&c.user_id, &c.service);
@@ -429,6 +478,31 @@ impl Txn<'_> {
         } else {
             index.insert(key.as_str(), c.id.as_str()).map_err(st)?;
         }
+        let mut refs = self.txn.open_table(SECRET_REFS).map_err(st)?;
+        let new_ref = secret_ref(c);
+        if let Some(old_ref) = old.as_ref().and_then(secret_ref)
+            && Some(old_ref) != new_ref
+        {
+            refs.remove(old_ref).map_err(st)?;
+        }
+        if let Some(r) = new_ref {
+            refs.insert(r, c.id.as_str()).map_err(st)?;
+        }
+        let mut counts = self.txn.open_table(CONNECTION_COUNTS).map_err(st)?;
+        if let Some(o) = &old {
+            let n = counts
+                .get(o.status.as_str())
+                .map_err(st)?
+                .map_or(0, |v| v.value());
+            counts
+                .insert(o.status.as_str(), n.saturating_sub(1))
+                .map_err(st)?;
+        }
+        let n = counts
+            .get(c.status.as_str())
+            .map_err(st)?
+            .map_or(0, |v| v.value());
+        counts.insert(c.status.as_str(), n + 1).map_err(st)?;
         Ok(())
     }
 }
@@ -494,6 +568,64 @@ impl Reader {
 
     pub fn audit_after(&self, after: u64, limit: usize) -> Result<Vec<Entry>, StoreError> {
         audit_after(&self.0, after, limit)
+    }
+
+    pub fn connection(&self, id: &str) -> Result<Option<Connection>, StoreError> {
+        let t = self.0.open_table(CONNECTIONS).map_err(st)?;
+        match t.get(id).map_err(st)? {
+            Some(v) => decode("connections", id, v.value()).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Calls `f` with each connection in turn, without holding them all in memory.
+    pub fn for_each_connection(
+        &self,
+        mut f: impl FnMut(Connection) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        let t = self.0.open_table(CONNECTIONS).map_err(st)?;
+        for e in t.iter().map_err(st)? {
+            let (k, v) = e.map_err(st)?;
+            f(decode("connections", k.value(), v.value())?)?;
+        }
+        Ok(())
+    }
+
+    /// The user's live (not revoked) connections, through the index.
+    pub fn user_connections(&self, user_id: &str) -> Result<Vec<Connection>, StoreError> {
+        let index = self.0.open_table(LIVE_CONNECTIONS).map_err(st)?;
+        let conns = self.0.open_table(CONNECTIONS).map_err(st)?;
+        let prefix = format!("{user_id}\0");
+        let mut out = Vec::new();
+        for e in index.range(prefix.as_str()..).map_err(st)? {
+            let (k, v) = e.map_err(st)?;
+            if !k.value().starts_with(&prefix) {
+                break;
+            }
+            if let Some(c) = conns.get(v.value()).map_err(st)? {
+                out.push(decode("connections", v.value(), c.value())?);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Whether a connection holding secrets points at this sealed record.
+    pub fn secret_referenced(&self, record: &str) -> Result<bool, StoreError> {
+        let t = self.0.open_table(SECRET_REFS).map_err(st)?;
+        Ok(t.get(record).map_err(st)?.is_some())
+    }
+
+    /// Connections per status (status name → count).
+    pub fn connection_counts(&self) -> Result<Vec<(String, u64)>, StoreError> {
+        let t = self.0.open_table(CONNECTION_COUNTS).map_err(st)?;
+        let mut out = Vec::new();
+        for e in t.iter().map_err(st)? {
+            let (k, v) = e.map_err(st)?;
+            if v.value() > 0 {
+                out.push((k.value().to_owned(), v.value()));
+            }
+        }
+        Ok(out)
     }
 
     /// The user's live connection to a service, through the index.
@@ -641,5 +773,98 @@ pub mod testing {
         }
         txn.commit().map_err(st)?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn conn(id: &str, user: &str, status: ConnectionStatus, record: Option<&str>) -> Connection {
+        let now = OffsetDateTime::UNIX_EPOCH;
+        Connection {
+            id: id.into(),
+            user_id: user.into(),
+            service: "svc".into(),
+            kind: ConnectionKind::ApiKey,
+            status,
+            status_reason: None,
+            secret_record: record.map(Into::into),
+            secret_fingerprint: None,
+            scopes: Vec::new(),
+            created: now,
+            updated: now,
+            secret_set_at: None,
+            access_expires: None,
+            issuer: None,
+            strikes: 0,
+            last_refresh: None,
+        }
+    }
+
+    /// The derived tables (counts, secret references, live index) follow every change, and a
+    /// rebuild from scratch gives the same answer.
+    #[test]
+    fn derived_tables_follow_every_connection_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.redb");
+        let key = HeadKey::new([7; 32]);
+        let store = Store::create(&path, "p", key.clone()).unwrap();
+        let put = |c: Connection| {
+            store
+                .write(|t| {
+                    t.put_connection(&c)?;
+                    t.audit(Event::new("test", "put", &c.id, "ok")).map(drop)
+                })
+                .unwrap()
+        };
+        let g0 = store.connections_generation();
+        put(conn("c1", "u1", ConnectionStatus::Active, Some("secret/a")));
+        put(conn("c2", "u2", ConnectionStatus::Active, Some("secret/b")));
+        assert!(store.connections_generation() > g0);
+        // Rotation: c1 moves to a new record; revocation: c2 drops its record.
+        put(conn("c1", "u1", ConnectionStatus::Active, Some("secret/c")));
+        put(conn(
+            "c2",
+            "u2",
+            ConnectionStatus::Revoked,
+            Some("secret/b"),
+        ));
+        let check = |store: &Store| {
+            let r = store.read().unwrap();
+            assert!(!r.secret_referenced("secret/a").unwrap());
+            assert!(
+                !r.secret_referenced("secret/b").unwrap(),
+                "revoked holds none"
+            );
+            assert!(r.secret_referenced("secret/c").unwrap());
+            let counts = r.connection_counts().unwrap();
+            assert_eq!(
+                counts,
+                vec![("active".to_owned(), 1), ("revoked".to_owned(), 1)]
+            );
+            assert_eq!(r.user_connections("u1").unwrap().len(), 1);
+            assert!(r.user_connections("u2").unwrap().is_empty());
+            assert!(r.live_connection("u2", "svc").unwrap().is_none());
+        };
+        check(&store);
+        // Forget the version: the next open rebuilds everything from the connections.
+        store
+            .write(|t| {
+                t.txn
+                    .open_table(META)
+                    .map_err(st)?
+                    .remove(INDEXES)
+                    .map_err(st)?;
+                t.txn.delete_table(SECRET_REFS).map_err(st)?;
+                t.txn.delete_table(CONNECTION_COUNTS).map_err(st)?;
+                t.audit(Event::new("test", "forget", "meta", "ok"))
+                    .map(drop)
+            })
+            .unwrap();
+        drop(store);
+        let store = Store::open(&path, "p", key).unwrap();
+        check(&store);
     }
 }

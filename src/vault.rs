@@ -271,6 +271,37 @@ impl Vault {
         Ok(removed)
     }
 
+    /// Calls `f` once per distinct record name, in order, without holding them all.
+    pub fn for_each_record(
+        &self,
+        mut f: impl FnMut(&str) -> Result<(), VaultError>,
+    ) -> Result<(), VaultError> {
+        let txn = self.db.begin_read().map_err(storage)?;
+        let t = txn.open_table(SECRETS).map_err(storage)?;
+        let mut last = String::new();
+        for e in t.iter().map_err(storage)? {
+            let (k, _) = e.map_err(storage)?;
+            let record = k.value().0;
+            if record != last {
+                f(record)?;
+                last.clear();
+                last.push_str(record);
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether any field of `record` is stored.
+    pub fn has_record(&self, record: &str) -> Result<bool, VaultError> {
+        let txn = self.db.begin_read().map_err(storage)?;
+        let t = txn.open_table(SECRETS).map_err(storage)?;
+        let first = t.range((record, "")..).map_err(storage)?.next();
+        Ok(match first {
+            Some(e) => e.map_err(storage)?.0.value().0 == record,
+            None => false,
+        })
+    }
+
     /// The distinct record names that hold at least one value (for start-up reconciliation).
     pub fn records(&self) -> Result<BTreeSet<String>, VaultError> {
         let txn = self.db.begin_read().map_err(storage)?;

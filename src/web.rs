@@ -101,7 +101,7 @@ async fn metrics(State(s): State<AppState>) -> Response {
     let g = s.gateway.clone();
     let snapshot = tokio::task::spawn_blocking(move || -> Result<_, crate::store::StoreError> {
         let r = g.store.read()?;
-        let conns = r.connections()?;
+        let conns = r.connection_counts()?;
         let users = r.users()?.len();
         let head = r.audit_len()?;
         Ok((conns, users, head))
@@ -126,7 +126,10 @@ async fn metrics(State(s): State<AppState>) -> Response {
         ConnectionStatus::NeedsReauth,
         ConnectionStatus::Revoked,
     ] {
-        let n = conns.iter().filter(|c| c.status == status).count();
+        let n = conns
+            .iter()
+            .find(|(s, _)| s == status.as_str())
+            .map_or(0, |(_, n)| *n);
         out.push_str(&format!(
             "scopegate_connections{{status=\"{}\"}} {n}\n",
             status.as_str()

@@ -237,7 +237,12 @@ fn sigkill_torture_of_apikey_set_and_revoke() {
             // Restart (the server's own start-up reconciliation runs), stop it cleanly, then
             // inspect the folder as that start left it.
             let mut restarted = inst.start();
-            assert!(restarted.term().success(), "iteration {i}: restart failed");
+            let status = restarted.term();
+            assert!(
+                status.success(),
+                "iteration {i}: restart failed ({status}): {}",
+                std::fs::read_to_string(&restarted.stderr).unwrap_or_default()
+            );
             let vault = Vault::unlock(
                 &inst.dir.join("secrets.redb"),
                 &Passphrase::new(inst.pass.as_bytes().to_vec()),

@@ -670,7 +670,11 @@ async fn rotated_and_revoked_credentials_take_effect_on_the_next_call() {
     );
     let (s, _, _) = e.call(&agent, "files", call(4, "read_file"), &[]).await;
     assert_eq!(s, 200);
-    assert_eq!(sent_key(&e), "rotated-key-of-alice-51e0", "a stale key was sent");
+    assert_eq!(
+        sent_key(&e),
+        "rotated-key-of-alice-51e0",
+        "a stale key was sent"
+    );
 
     let list: Value =
         serde_json::from_str(&e.inst.ok(&["connection", "list", "--json"], b"")).unwrap();

@@ -224,8 +224,8 @@ async fn run_async(
                     .map_or(0, |u| u.len()),
                 connections: r
                     .as_ref()
-                    .and_then(|r| r.connections().ok())
-                    .map_or(0, |c| c.len()),
+                    .and_then(|r| r.connection_counts().ok())
+                    .map_or(0, |c| c.iter().map(|(_, n)| *n as usize).sum()),
                 audit_entries: r.as_ref().and_then(|r| r.audit_len().ok()).unwrap_or(0),
             }
         })
@@ -238,13 +238,15 @@ async fn run_async(
         status,
         rx,
     ));
+    // Watch the signals before saying "ready": a SIGTERM right after it must drain, not kill.
+    let stop = shutdown_signal();
     println!("scopegate: listening on http://{addr}");
     println!("scopegate: admin socket {}", socket.display());
     println!("scopegate: ready");
     let _ = std::io::stdout().flush();
     tracing::info!(%addr, "serving");
 
-    shutdown_signal().await;
+    stop.await;
     tracing::info!("shutting down: draining connections");
     let _ = tx.send(true);
     let _ = admin_task.await;
@@ -259,18 +261,23 @@ async fn run_async(
     Ok(())
 }
 
-async fn shutdown_signal() {
+/// Registers for SIGTERM and SIGINT at once (not at the first poll) and returns what waits.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     use tokio::signal::unix::{SignalKind, signal};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot watch SIGTERM; stopping on Ctrl-C only");
-            let _ = tokio::signal::ctrl_c().await;
-            return;
+    let term = signal(SignalKind::terminate());
+    let int = signal(SignalKind::interrupt());
+    async move {
+        match (term, int) {
+            (Ok(mut term), Ok(mut int)) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = int.recv() => {}
+                }
+            }
+            (Err(e), _) | (_, Err(e)) => {
+                tracing::error!(error = %e, "cannot watch SIGTERM/SIGINT; stopping on Ctrl-C only");
+                let _ = tokio::signal::ctrl_c().await;
+            }
         }
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
     }
 }

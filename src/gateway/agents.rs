@@ -199,10 +199,7 @@ impl Gateway {
         self.principals.get(&agent_token::lookup_hash(token)).1
     }
 
-    pub fn authenticate_agent(
-        &self,
-        token: &[u8],
-    ) -> Result<Option<Arc<Principal>>, GatewayError> {
+    pub fn authenticate_agent(&self, token: &[u8]) -> Result<Option<Arc<Principal>>, GatewayError> {
         if !agent_token::well_formed(token) {
             return Ok(None);
         }

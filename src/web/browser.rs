@@ -247,7 +247,8 @@ pub async fn connect_page(
     };
     let g = state.gateway.clone();
     let uid = user.id.clone();
-    let Some(Ok(conns)) = blocking(move || g.store.read().and_then(|r| r.connections())).await
+    let Some(Ok(conns)) =
+        blocking(move || g.store.read().and_then(|r| r.user_connections(&uid))).await
     else {
         return internal();
     };
@@ -277,9 +278,7 @@ pub async fn connect_page(
         esc(&user.name)
     ));
     for (name, svc) in &state.gateway.config.services {
-        let conn = conns.iter().rfind(|c| {
-            c.user_id == uid && &c.service == name && c.status != ConnectionStatus::Revoked
-        });
+        let conn = conns.iter().find(|c| &c.service == name);
         let status = match conn {
             Some(c) if c.status == ConnectionStatus::NeedsReauth => format!(
                 "<span class=\"bad\">needs reconnecting</span>{}",
