@@ -65,6 +65,7 @@ fn main() -> anyhow::Result<()> {
                     issuer: None,
                     strikes: 0,
                     last_refresh: None,
+                    refresh: Default::default(),
                 })?;
             }
             t.audit(

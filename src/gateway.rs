@@ -274,6 +274,7 @@ impl Gateway {
                         issuer: None,
                         strikes: 0,
                         last_refresh: None,
+                        refresh: Default::default(),
                     },
                     None,
                     "apikey.set",

@@ -800,6 +800,7 @@ mod tests {
             issuer: None,
             strikes: 0,
             last_refresh: None,
+            refresh: Default::default(),
         }
     }
 

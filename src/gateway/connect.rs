@@ -328,6 +328,7 @@ impl Gateway {
                 issuer: pending.issuer.clone(),
                 strikes: 0,
                 last_refresh: None,
+                refresh: Default::default(),
             };
             t.put_connection(&conn)?;
             t.audit(

@@ -80,6 +80,34 @@ pub struct Connection {
     pub strikes: u32,
     #[serde(with = "time::serde::rfc3339::option", default)]
     pub last_refresh: Option<OffsetDateTime>,
+    /// Where the token lifecycle stands (in-flight marker, transient failures).
+    #[serde(default, skip_serializing_if = "RefreshState::is_clear")]
+    pub refresh: RefreshState,
+}
+
+/// The token lifecycle's durable state for one connection (I16, I17).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RefreshState {
+    /// Set (durably) before a token request goes out and cleared with its result: found set
+    /// at start-up, it means a refresh's outcome was lost, so the provider may already have
+    /// rotated the stored refresh token.
+    #[serde(with = "time::serde::rfc3339::option", default)]
+    pub in_flight_since: Option<OffsetDateTime>,
+    /// Consecutive transient failures (network, 5xx, 429); never strikes.
+    #[serde(default)]
+    pub transient_failures: u32,
+    /// The last transient failure, while the connection is degraded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub degraded: Option<String>,
+    /// Not before this time (backoff, or the provider's Retry-After).
+    #[serde(with = "time::serde::rfc3339::option", default)]
+    pub retry_at: Option<OffsetDateTime>,
+}
+
+impl RefreshState {
+    pub fn is_clear(&self) -> bool {
+        *self == Self::default()
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
