@@ -111,6 +111,22 @@ impl Score {
     }
 }
 
+/// `tools-call-audio-2026-11-27T10-31-36-204Z` -> `tools-call-audio`.
+fn strip_timestamp(name: &str) -> &str {
+    let b = name.as_bytes();
+    let is_stamp = |i: usize| {
+        let d = |j: usize| b.get(i + j).is_some_and(u8::is_ascii_digit);
+        b[i] == b'-'
+            && (1..=4).all(d)
+            && b.get(i + 5) == Some(&b'-')
+            && b.get(i + 8) == Some(&b'-')
+            && b.get(i + 11) == Some(&b'T')
+    };
+    (0..b.len())
+        .find(|&i| is_stamp(i))
+        .map_or(name, |i| &name[..i])
+}
+
 /// Runs every server scenario (`--suite all`, pending ones included) against `url` and reads
 /// the per-scenario `checks.json` files it writes.
 fn run_suite(node: &Path, url: &str, headers: &serde_json::Value, out: &Path) -> Score {
@@ -152,10 +168,7 @@ fn run_suite(node: &Path, url: &str, headers: &serde_json::Value, out: &Path) ->
         // server-<scenario>-<ISO timestamp>
         let name = dir.file_name().unwrap().to_str().unwrap().to_owned();
         let stem = name.strip_prefix("server-").unwrap_or(&name);
-        let scenario = match stem.rfind("-20") {
-            Some(i) => &stem[..i],
-            None => stem,
-        };
+        let scenario = strip_timestamp(stem);
         let text = std::fs::read_to_string(dir.join("checks.json")).unwrap();
         let checks: Vec<serde_json::Value> = serde_json::from_str(&text).unwrap();
         let entry = score.scenarios.entry(scenario.to_owned()).or_default();
@@ -174,6 +187,19 @@ fn run_suite(node: &Path, url: &str, headers: &serde_json::Value, out: &Path) ->
         "the suite wrote no results ({status}): {log_text}"
     );
     score
+}
+
+#[test]
+fn result_folder_names_parse() {
+    assert_eq!(
+        strip_timestamp("tools-call-audio-2026-11-27T10-31-36-204Z"),
+        "tools-call-audio"
+    );
+    assert_eq!(
+        strip_timestamp("json-schema-2020-12-2026-01-02T03-04-05-120Z"),
+        "json-schema-2020-12"
+    );
+    assert_eq!(strip_timestamp("ping"), "ping");
 }
 
 #[test]
