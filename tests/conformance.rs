@@ -104,7 +104,11 @@ impl Score {
             .get(scenario)
             .map(|c| {
                 c.iter()
-                    .map(|(id, v)| (id.clone(), v.iter().map(|(s, _)| s.clone()).collect()))
+                    .map(|(id, v)| {
+                        let mut v: Vec<String> = v.iter().map(|(s, _)| s.clone()).collect();
+                        v.sort();
+                        (id.clone(), v)
+                    })
                     .collect()
             })
             .unwrap_or_default()
@@ -127,18 +131,45 @@ fn strip_timestamp(name: &str) -> &str {
         .map_or(name, |i| &name[..i])
 }
 
-/// Runs every server scenario (`--suite all`, pending ones included) against `url` and reads
-/// the per-scenario `checks.json` files it writes.
-fn run_suite(node: &Path, url: &str, headers: &serde_json::Value, out: &Path) -> Score {
+/// A pinned release of the suite and how it is run.
+struct Suite {
+    /// Its CLI, below tests/interop.
+    cli: &'static str,
+    args: &'static [&'static str],
+}
+
+/// The latest release (0.1.16): spec revisions 2025-06-18 and 2025-11-25, every server
+/// scenario including the pending ones.
+const STABLE: Suite = Suite {
+    cli: "node_modules/@modelcontextprotocol/conformance/dist/index.js",
+    args: &["--suite", "all"],
+};
+
+/// The pre-release with the current revision's scenarios (0.2.0-alpha.12, installed as
+/// `conformance-next`): the stateless 2026-07-28 revision, every server scenario for it.
+const NEXT: Suite = Suite {
+    cli: "node_modules/conformance-next/dist/index.js",
+    args: &["--suite", "all", "--spec-version", "2026-07-28"],
+};
+
+/// Runs the suite's server scenarios against `url` and reads the per-scenario `checks.json`
+/// files it writes.
+fn run_suite(
+    node: &Path,
+    suite: &Suite,
+    url: &str,
+    headers: &serde_json::Value,
+    out: &Path,
+) -> Score {
     let log = out.with_extension("log");
     let mut child = Child(
         Command::new(node)
             .arg("--import")
             .arg(interop("conformance-headers.mjs"))
-            .arg(interop(
-                "node_modules/@modelcontextprotocol/conformance/dist/index.js",
-            ))
-            .args(["server", "--suite", "all", "--url", url, "--output-dir"])
+            .arg(interop(suite.cli))
+            .arg("server")
+            .args(suite.args)
+            .args(["--url", url, "--output-dir"])
             .arg(out)
             .current_dir(interop(""))
             .env("CONFORMANCE_HEADERS", headers.to_string())
@@ -202,29 +233,9 @@ fn result_folder_names_parse() {
     assert_eq!(strip_timestamp("ping"), "ping");
 }
 
-#[test]
-fn conformance_server_scenarios_score_the_same_through_the_gateway() {
-    let node = node22();
-    let tmp = tempfile::tempdir().unwrap();
-
-    // The upstream: the official TypeScript SDK, demanding the user's key.
-    let up = free_port();
-    let up_log = tmp.path().join("upstream.log");
-    let _upstream = Child(
-        Command::new(&node)
-            .arg(interop("conformance-upstream.mjs"))
-            .current_dir(interop(""))
-            .env("PORT", up.to_string())
-            .env("EXPECTED_KEY", KEY)
-            .stdin(Stdio::null())
-            .stdout(std::fs::File::create(&up_log).unwrap())
-            .stderr(Stdio::from(std::fs::File::create(&up_log).unwrap()))
-            .spawn()
-            .unwrap(),
-    );
-
-    // The gateway: an API-key service whose key is alice's, and an agent of alice's (no
-    // profile: every tool of every service of hers).
+/// A scopegate whose service `everything` is the upstream on `up`, an API-key service holding
+/// alice's key, and an agent of alice's without a profile (every tool of every service of hers).
+fn gateway(up: u16) -> (Instance, harness::Server, u16, String) {
     let gw = free_port();
     let inst = Instance::init_with(&format!(
         "listen = \"127.0.0.1:{gw}\"\n[services.everything]\nkind = \"api_key\"\nmcp_url = \"http://127.0.0.1:{up}/mcp\"\nheader = \"X-API-Key\"\n"
@@ -240,38 +251,46 @@ fn conformance_server_scenarios_score_the_same_through_the_gateway() {
         .trim()
         .to_owned();
     assert!(token.starts_with("sga_"), "{token}");
+    (inst, server, gw, token)
+}
 
+fn wait_for_port(port: u16, log: &Path) {
     let deadline = Instant::now() + Duration::from_secs(30);
-    while !std::fs::read_to_string(&up_log)
-        .unwrap_or_default()
-        .contains("listening")
-    {
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
         assert!(
             Instant::now() < deadline,
             "upstream did not start: {}",
-            std::fs::read_to_string(&up_log).unwrap_or_default()
+            std::fs::read_to_string(log).unwrap_or_default()
         );
         std::thread::sleep(Duration::from_millis(50));
     }
+}
 
+/// Runs `suite` against the upstream on `up` directly and through the gateway, prints both
+/// scores, and asserts the same verdict for every check of every scenario.
+fn compare(label: &str, suite: &Suite, up: u16, tmp: &Path) {
+    let node = node22();
+    let (_inst, server, gw, token) = gateway(up);
     let direct = run_suite(
         &node,
+        suite,
         &format!("http://127.0.0.1:{up}/mcp"),
         &serde_json::json!({ "X-API-Key": KEY }),
-        &tmp.path().join("direct"),
+        &tmp.join("direct"),
     );
     let through = run_suite(
         &node,
+        suite,
         &format!("http://127.0.0.1:{gw}/mcp/everything"),
         &serde_json::json!({ "Authorization": format!("Bearer {token}") }),
-        &tmp.path().join("gateway"),
+        &tmp.join("gateway"),
     );
-    eprintln!("conformance, upstream directly: {}", direct.summary());
-    eprintln!("conformance, through Scopegate: {}", through.summary());
+    eprintln!("{label}, upstream directly: {}", direct.summary());
+    eprintln!("{label}, through Scopegate: {}", through.summary());
 
     assert!(
         direct.count("SUCCESS") > 0,
-        "the upstream passes nothing: {}",
+        "{label}: the upstream passes nothing: {}",
         direct.summary()
     );
     let mut diffs = Vec::new();
@@ -300,7 +319,7 @@ fn conformance_server_scenarios_score_the_same_through_the_gateway() {
     }
     assert!(
         diffs.is_empty(),
-        "the gateway scores differently ({} vs {}):\n{}\ngateway log: {}",
+        "{label}: the gateway scores differently ({} vs {}):\n{}\ngateway log: {}",
         direct.summary(),
         through.summary(),
         diffs.join("\n"),
@@ -310,5 +329,69 @@ fn conformance_server_scenarios_score_the_same_through_the_gateway() {
             .filter(|l| !l.contains(" TRACE ") && !l.contains(" DEBUG "))
             .collect::<Vec<_>>()
             .join("\n")
+    );
+}
+
+/// The session era (2025-06-18 / 2025-11-25) against the official TypeScript SDK.
+#[test]
+fn conformance_server_scenarios_score_the_same_through_the_gateway() {
+    let node = node22();
+    let tmp = tempfile::tempdir().unwrap();
+    // tests/interop/conformance-upstream.mjs: every tool, resource and prompt the scenarios
+    // ask for; it demands alice's key and refuses any Authorization header.
+    let up = free_port();
+    let up_log = tmp.path().join("upstream.log");
+    let _upstream = Child(
+        Command::new(&node)
+            .arg(interop("conformance-upstream.mjs"))
+            .current_dir(interop(""))
+            .env("PORT", up.to_string())
+            .env("EXPECTED_KEY", KEY)
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(&up_log).unwrap())
+            .stderr(Stdio::from(std::fs::File::create(&up_log).unwrap()))
+            .spawn()
+            .unwrap(),
+    );
+    wait_for_port(up, &up_log);
+    compare("conformance 0.1.16 (2025-11-25)", &STABLE, up, tmp.path());
+}
+
+/// The current, stateless revision (2026-07-28) against the official Python SDK (PyPI `mcp`,
+/// tests/interop/mcp_upstream.py, the upstream of tests/mcp_interop.rs). That server has only
+/// its own three tools, not the scenarios' fixtures, so the tool, resource and prompt fixture
+/// checks fail both ways; the protocol-level scenarios (stateless lifecycle, Mcp-Method /
+/// Mcp-Name header validation, caching, DNS rebinding, input-required results) are what this
+/// exercises. Needs `pip install -r tests/interop/requirements.txt` (scripts/test.sh runs it).
+#[test]
+fn conformance_current_revision_scores_the_same_through_the_gateway() {
+    let probe = Command::new("python3")
+        .args(["-c", "import mcp, uvicorn"])
+        .status()
+        .unwrap();
+    assert!(
+        probe.success(),
+        "the MCP Python SDK is not installed: pip install -r tests/interop/requirements.txt (scripts/test.sh does)"
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    let up = free_port();
+    let up_log = tmp.path().join("upstream.log");
+    let _upstream = Child(
+        Command::new("python3")
+            .arg(interop("mcp_upstream.py"))
+            .env("PORT", up.to_string())
+            .env("EXPECTED_KEY", KEY)
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(&up_log).unwrap())
+            .stderr(Stdio::from(std::fs::File::create(&up_log).unwrap()))
+            .spawn()
+            .unwrap(),
+    );
+    wait_for_port(up, &up_log);
+    compare(
+        "conformance 0.2.0-alpha.12 (2026-07-28)",
+        &NEXT,
+        up,
+        tmp.path(),
     );
 }
