@@ -41,6 +41,9 @@ struct RawLimits {
     upstream_response_timeout_secs: Option<u64>,
     stream_idle_timeout_secs: Option<u64>,
     max_streams_per_agent: Option<usize>,
+    refresh_concurrency_per_provider: Option<usize>,
+    refresh_startup_spread_secs: Option<u64>,
+    proactive_refresh: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -98,6 +101,12 @@ pub struct Limits {
     pub stream_idle_timeout_secs: u64,
     /// Concurrent proxied requests (open streams included) per agent; more get 429.
     pub max_streams_per_agent: usize,
+    /// Scheduled token requests in flight per provider (eight times this overall).
+    pub refresh_concurrency_per_provider: usize,
+    /// Refreshes overdue at start-up are spread over this many seconds.
+    pub refresh_startup_spread_secs: u64,
+    /// Refresh ahead of use (at 80% of lifetime); off leaves only on-demand refresh.
+    pub proactive_refresh: bool,
 }
 
 impl Default for Limits {
@@ -111,6 +120,9 @@ impl Default for Limits {
             upstream_response_timeout_secs: 30,
             stream_idle_timeout_secs: 300,
             max_streams_per_agent: 32,
+            refresh_concurrency_per_provider: 8,
+            refresh_startup_spread_secs: 30,
+            proactive_refresh: true,
         }
     }
 }
@@ -257,6 +269,15 @@ fn check(raw: RawConfig) -> Result<Config, String> {
             l.stream_idle_timeout_secs,
             d.stream_idle_timeout_secs,
         )?,
+        refresh_concurrency_per_provider: positive(
+            "limits.refresh_concurrency_per_provider",
+            l.refresh_concurrency_per_provider,
+            d.refresh_concurrency_per_provider,
+        )?,
+        refresh_startup_spread_secs: l
+            .refresh_startup_spread_secs
+            .unwrap_or(d.refresh_startup_spread_secs),
+        proactive_refresh: l.proactive_refresh.unwrap_or(d.proactive_refresh),
     };
     let mut providers = BTreeMap::new();
     for (name, p) in raw.providers {

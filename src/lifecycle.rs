@@ -1,11 +1,23 @@
-//! Token lifecycle, first part: on-demand refresh. Single-flight per connection (I15): any
-//! number of concurrent callers cause one token request, the others wait and use its result.
-//! The rotated refresh token is sealed and committed before the new access token is used
-//! (I16), and a response without a new refresh token keeps the old one. Only definitive
-//! rejections (`invalid_grant`, `invalid_client`, `unauthorized_client`, an error body in a
-//! 200) are strikes; three make the connection `needs_reauth` (I17). Transient failures are
-//! not strikes. (The proactive scheduler, the in-flight marker and backoff come with the token
-//! lifecycle issue.)
+//! The token lifecycle: proactive and on-demand refresh.
+//!
+//! - Single-flight per connection (I15): any number of concurrent callers (scheduler, proxy,
+//!   a 401 retry, `connection refresh`) cause one token request; the others wait and use it.
+//! - Durable rotation (I16): an in-flight marker is committed before the request; the rotated
+//!   refresh token is sealed and committed before the new access token is used; a response
+//!   without a new refresh token keeps the old one; no redb transaction is open across network
+//!   I/O. Markers and results are group-committed (`committer`).
+//! - Failure policy (I17): only definitive rejections (`invalid_grant`, `invalid_client`,
+//!   `unauthorized_client`, an error body in a 200) are strikes; three make the connection
+//!   `needs_reauth`, its tokens revoked at the provider where possible and removed. Transient
+//!   failures (network, timeouts, 5xx, 429) back off exponentially with jitter, honour
+//!   `Retry-After`, mark the connection degraded, and are never strikes.
+//! - After a crash (or a timeout) mid-refresh the marker is still set: the stored refresh token
+//!   is tried once, and `invalid_grant` then means the provider rotated it and the answer was
+//!   lost, so the connection goes straight to `needs_reauth` with that reason — never a loop
+//!   against reuse detection.
+
+pub mod committer;
+pub mod schedule;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -17,12 +29,20 @@ use crate::gateway::connect::{ACCESS_FIELD, REFRESH_FIELD};
 use crate::gateway::{Gateway, SECRET_PREFIX, SYSTEM};
 use crate::oauth::client::{ClientCredentials, ExchangeError, OAuthClient};
 use crate::oauth::token::TokenError;
+use crate::secret::SecretBytes;
 use crate::store::audit::Event;
-use crate::store::{Connection, ConnectionStatus, StoreError};
+use crate::store::{Connection, ConnectionStatus};
+use committer::{CommitError, Committer, Job};
+use schedule::{Clock, Schedule};
 
-/// Refresh when less than this is left (the scheduler will use 80% of lifetime).
+/// Refresh on demand when less than this is left (the scheduler aims at 80% of lifetime).
 pub const REFRESH_MARGIN: Duration = Duration::seconds(60);
 const MAX_STRIKES: u32 = 3;
+/// Backoff after transient failures: 5 s, 10 s, 20 s … capped at 15 minutes, ±25% jitter.
+const BACKOFF_BASE_SECS: f64 = 5.0;
+const BACKOFF_MAX_SECS: f64 = 900.0;
+/// A provider's Retry-After is honoured up to this.
+const RETRY_AFTER_MAX_SECS: u64 = 3600;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RefreshError {
@@ -36,17 +56,14 @@ pub enum RefreshError {
     Internal(String),
 }
 
-pub struct Refresher {
-    gateway: Arc<Gateway>,
-    oauth: Arc<OAuthClient>,
-    flights: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
-    /// When each connection was last refreshed because upstream said 401.
-    last_forced: Mutex<HashMap<String, std::time::Instant>>,
+/// What a refresh is asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Trigger<'a> {
+    /// The caller found this sealed record stale: refresh unless it has been replaced.
+    Stale(Option<&'a str>),
+    /// The scheduler: refresh if the connection is still due.
+    Due,
 }
-
-/// An upstream can answer 401 for reasons of its own; at most one such refresh per
-/// connection in this window, so an agent cannot make the gateway rotate tokens per call.
-const FORCED_REFRESH_INTERVAL: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Whether an error is the provider's final word (a strike) rather than a passing failure.
 fn definitive(e: &ExchangeError) -> bool {
@@ -60,17 +77,76 @@ fn definitive(e: &ExchangeError) -> bool {
     }
 }
 
+/// Whether the request may have been processed by the provider although we have no answer
+/// (so a rotation may have happened): network errors and timeouts, not a 5xx/429 answer.
+fn outcome_unknown(e: &ExchangeError) -> bool {
+    matches!(e, ExchangeError::Network(_))
+}
+
+/// Exponential backoff with ±25% jitter; the provider's Retry-After wins when longer.
+pub fn backoff(failures: u32, retry_after: Option<u64>, jitter: f64) -> Duration {
+    let exp = BACKOFF_BASE_SECS * 2f64.powi(failures.saturating_sub(1).min(16) as i32);
+    let ours = exp.min(BACKOFF_MAX_SECS) * (0.75 + 0.5 * jitter);
+    let theirs = retry_after.map_or(0.0, |s| s.min(RETRY_AFTER_MAX_SECS) as f64);
+    Duration::seconds_f64(ours.max(theirs))
+}
+
+fn random_unit() -> f64 {
+    let b = crate::secret::random_array::<8>();
+    (u64::from_le_bytes(b) >> 11) as f64 / (1u64 << 53) as f64
+}
+
+/// Counters for /metrics and the benchmark.
+#[derive(Default)]
+pub struct RefreshStats {
+    pub requests: std::sync::atomic::AtomicU64,
+    pub ok: std::sync::atomic::AtomicU64,
+    pub rejected: std::sync::atomic::AtomicU64,
+    pub transient: std::sync::atomic::AtomicU64,
+}
+
+pub struct Refresher {
+    gateway: Arc<Gateway>,
+    oauth: Arc<OAuthClient>,
+    committer: Committer,
+    clock: Arc<dyn Clock>,
+    flights: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// When each connection was last refreshed because upstream said 401.
+    last_forced: Mutex<HashMap<String, std::time::Instant>>,
+    pub stats: RefreshStats,
+}
+
+/// An upstream can answer 401 for reasons of its own; at most one such refresh per
+/// connection in this window, so an agent cannot make the gateway rotate tokens per call.
+const FORCED_REFRESH_INTERVAL: std::time::Duration = std::time::Duration::from_secs(30);
+
+fn internal(e: impl std::fmt::Display) -> RefreshError {
+    RefreshError::Internal(e.to_string())
+}
+
 impl Refresher {
-    pub fn new(gateway: Arc<Gateway>, oauth: Arc<OAuthClient>) -> Self {
+    /// Needs a Tokio runtime (it starts the group-commit task).
+    pub fn new(gateway: Arc<Gateway>, oauth: Arc<OAuthClient>, clock: Arc<dyn Clock>) -> Self {
         Self {
+            committer: Committer::start(gateway.clone()),
             gateway,
             oauth,
+            clock,
             flights: Mutex::new(HashMap::new()),
             last_forced: Mutex::new(HashMap::new()),
+            stats: RefreshStats::default(),
         }
     }
 
-    /// Due at 80% of the token's lifetime, and never later than a minute before expiry.
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.clock
+    }
+
+    pub fn gateway(&self) -> &Arc<Gateway> {
+        &self.gateway
+    }
+
+    /// On demand (the proxy): due when less than a fifth of the lifetime or a minute is left.
     pub fn needs_refresh(c: &Connection, now: OffsetDateTime) -> bool {
         let Some(expires) = c.access_expires else {
             return false;
@@ -88,10 +164,7 @@ impl Refresher {
         seen_record: Option<&str>,
     ) -> Result<(), RefreshError> {
         {
-            let mut m = self
-                .last_forced
-                .lock()
-                .map_err(|_| RefreshError::Internal("lock".into()))?;
+            let mut m = self.last_forced.lock().map_err(internal)?;
             if m.get(conn_id)
                 .is_some_and(|t| t.elapsed() < FORCED_REFRESH_INTERVAL)
             {
@@ -112,36 +185,76 @@ impl Refresher {
         conn_id: &str,
         seen_record: Option<&str>,
     ) -> Result<(), RefreshError> {
+        self.run(conn_id, Trigger::Stale(seen_record)).await
+    }
+
+    /// The scheduler's refresh: only if the connection is still due.
+    pub async fn refresh_due(&self, conn_id: &str) -> Result<(), RefreshError> {
+        self.run(conn_id, Trigger::Due).await
+    }
+
+    async fn run(&self, conn_id: &str, trigger: Trigger<'_>) -> Result<(), RefreshError> {
         let flight = {
-            let mut m = self
-                .flights
-                .lock()
-                .map_err(|_| RefreshError::Internal("lock".into()))?;
+            let mut m = self.flights.lock().map_err(internal)?;
             m.entry(conn_id.to_owned()).or_default().clone()
         };
-        let _turn = flight.lock().await;
+        let result = {
+            let _turn = flight.lock().await;
+            self.run_alone(conn_id, trigger).await
+        };
+        // The map keeps only flights someone is in or waiting for.
+        if let Ok(mut m) = self.flights.lock()
+            && m.get(conn_id).is_some_and(|f| Arc::strong_count(f) <= 2)
+        {
+            m.remove(conn_id);
+        }
+        result
+    }
+
+    async fn run_alone(&self, conn_id: &str, trigger: Trigger<'_>) -> Result<(), RefreshError> {
         let g = self.gateway.clone();
         let id = conn_id.to_owned();
-        let conn =
-            tokio::task::spawn_blocking(move || g.store.read().and_then(|r| r.connection(&id)))
-                .await
-                .map_err(|e| RefreshError::Internal(e.to_string()))?
-                .map_err(|e| RefreshError::Internal(e.to_string()))?
-                .ok_or_else(|| RefreshError::Internal("connection gone".into()))?;
+        let conn = tokio::task::spawn_blocking(move || g.store.read()?.connection(&id))
+            .await
+            .map_err(internal)?
+            .map_err(internal)?
+            .ok_or_else(|| RefreshError::Internal("connection gone".into()))?;
         if conn.status != ConnectionStatus::Active {
             return Err(RefreshError::Rejected(
                 "the connection is not active".into(),
             ));
         }
-        if conn.secret_record.as_deref() != seen_record {
-            return Ok(()); // another caller refreshed while we waited
+        let now = self.clock.now();
+        match trigger {
+            Trigger::Stale(seen) if conn.secret_record.as_deref() != seen => return Ok(()),
+            // Refreshed by someone else since it was scheduled: the earliest it could be due
+            // again is in the future.
+            Trigger::Due
+                if conn.refresh.in_flight_since.is_none()
+                    && schedule::due_at(&conn, 0.0).is_none_or(|d| d > now) =>
+            {
+                return Ok(());
+            }
+            _ => {}
+        }
+        if let Some(at) = conn.refresh.retry_at
+            && at > now
+        {
+            // Bounded retries: callers do not hammer a failing provider during its backoff.
+            return match trigger {
+                Trigger::Due => Ok(()),
+                Trigger::Stale(_) => Err(RefreshError::Transient(format!(
+                    "backing off after {} failures",
+                    conn.refresh.transient_failures
+                ))),
+            };
         }
         let svc = self
             .gateway
             .config
             .services
             .get(&conn.service)
-            .ok_or_else(|| RefreshError::Internal("service gone".into()))?;
+            .ok_or_else(|| internal("service gone"))?;
         let ServiceKind::Oauth {
             provider, resource, ..
         } = &svc.kind
@@ -153,7 +266,7 @@ impl Refresher {
             .config
             .providers
             .get(provider)
-            .ok_or_else(|| RefreshError::Internal("provider gone".into()))?;
+            .ok_or_else(|| internal("provider gone"))?;
         let record = conn
             .secret_record
             .clone()
@@ -162,122 +275,402 @@ impl Refresher {
         let r2 = record.clone();
         let old_refresh = tokio::task::spawn_blocking(move || g.vault.get(&r2, REFRESH_FIELD))
             .await
-            .map_err(|e| RefreshError::Internal(e.to_string()))?
-            .map_err(|e| RefreshError::Internal(e.to_string()))?
+            .map_err(internal)?
+            .map_err(internal)?
             .ok_or(RefreshError::NoRefreshToken)?;
         let rp = self
             .oauth
             .resolve(provider, p)
             .await
             .map_err(|e| RefreshError::Transient(e.to_string()))?;
-        let creds = ClientCredentials::load(provider, p)
-            .map_err(|e| RefreshError::Internal(e.to_string()))?;
+        let creds = ClientCredentials::load(provider, p).map_err(internal)?;
+        // I16: the marker is durable before the request leaves. Already set means an earlier
+        // attempt's outcome was lost (crash or timeout): this is the one retry.
+        let resumed = conn.refresh.in_flight_since.is_some();
+        if !resumed {
+            let id = conn.id.clone();
+            let at = now;
+            self.committer
+                .commit(Job {
+                    seal: Vec::new(),
+                    apply: Box::new(move |t| {
+                        if let Some(mut c) = t.connection(&id)? {
+                            c.refresh.in_flight_since = Some(at);
+                            t.put_connection(&c)?;
+                        }
+                        Ok(())
+                    }),
+                })
+                .await
+                .map_err(internal)?;
+        }
+        self.stats
+            .requests
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         // No redb transaction is open across this request.
         let result = self
             .oauth
             .refresh(&rp, &creds, old_refresh.expose_secret(), resource.as_ref())
             .await;
-        let g = self.gateway.clone();
+        let received = self.clock.now();
         match result {
             Ok(tokens) => {
-                let tokens = Arc::new(tokens);
-                tokio::task::spawn_blocking(move || -> Result<(), RefreshError> {
-                    let new_record = format!("{SECRET_PREFIX}{}", uuid::Uuid::new_v4());
-                    let refresh_bytes = tokens
+                let new_record = format!("{SECRET_PREFIX}{}", uuid::Uuid::new_v4());
+                let fp = self
+                    .gateway
+                    .vault
+                    .fingerprint(tokens.access_token.expose_secret());
+                let rotated = tokens.refresh_token.is_some();
+                let refresh_bytes = SecretBytes::new(
+                    tokens
                         .refresh_token
                         .as_ref()
-                        .map_or(old_refresh.expose_secret(), |r| r.expose_secret());
-                    // Seal first (durable), then point the connection at it (durable), and only
-                    // then is the new access token used: a rotated refresh token is never lost.
-                    g.vault
-                        .put_many(&[
-                            (
-                                &new_record,
-                                ACCESS_FIELD,
-                                tokens.access_token.expose_secret(),
-                            ),
-                            (&new_record, REFRESH_FIELD, refresh_bytes),
-                        ])
-                        .map_err(|e| RefreshError::Internal(e.to_string()))?;
-                    let fp = g.vault.fingerprint(tokens.access_token.expose_secret());
-                    let written = g.store.write(|t| {
-                        let mut c = t
-                            .connection(&conn.id)?
-                            .ok_or_else(|| StoreError::NotFound("connection gone".into()))?;
-                        c.secret_record = Some(new_record.clone());
-                        c.secret_fingerprint = Some(fp.clone());
-                        c.access_expires = tokens
-                            .expires_in
-                            .map(|s| t.now + Duration::seconds(s as i64));
-                        c.last_refresh = Some(t.now);
-                        c.strikes = 0;
-                        c.updated = t.now;
-                        if let Some(s) = &tokens.scope {
-                            c.scopes = s.clone();
-                        }
-                        t.put_connection(&c)?;
-                        t.audit(
-                            Event::new(SYSTEM, "oauth.refresh", &c.id, "ok")
-                                .detail("service", &c.service)
-                                .detail(
-                                    "rotated",
-                                    if tokens.refresh_token.is_some() {
-                                        "yes"
-                                    } else {
-                                        "no"
-                                    },
-                                )
-                                .detail("token", &fp),
-                        )?;
+                        .map_or(old_refresh.expose_secret(), |r| r.expose_secret())
+                        .to_vec(),
+                );
+                let access = SecretBytes::new(tokens.access_token.expose_secret().to_vec());
+                let (id, nr) = (conn.id.clone(), new_record.clone());
+                let (expires_in, scope) = (tokens.expires_in, tokens.scope.clone());
+                let committed = self
+                    .committer
+                    .commit(Job {
+                        // Seal first (durable), then point the connection at it (durable), and
+                        // only then is the new access token used: a rotated refresh token is
+                        // never lost.
+                        seal: vec![
+                            (new_record.clone(), ACCESS_FIELD, access),
+                            (new_record.clone(), REFRESH_FIELD, refresh_bytes),
+                        ],
+                        apply: Box::new(move |t| {
+                            let Some(mut c) = t.connection(&id)? else {
+                                return Ok(());
+                            };
+                            c.secret_record = Some(nr);
+                            c.secret_fingerprint = Some(fp.clone());
+                            c.access_expires =
+                                expires_in.map(|s| received + Duration::seconds(s as i64));
+                            c.last_refresh = Some(received);
+                            c.strikes = 0;
+                            c.refresh = Default::default();
+                            c.updated = t.now;
+                            if let Some(s) = scope {
+                                c.scopes = s;
+                            }
+                            t.put_connection(&c)?;
+                            t.audit(
+                                Event::new(SYSTEM, "oauth.refresh", &c.id, "ok")
+                                    .detail("service", &c.service)
+                                    .detail("rotated", if rotated { "yes" } else { "no" })
+                                    .detail("token", &fp),
+                            )
+                            .map(drop)
+                        }),
+                    })
+                    .await;
+                match committed {
+                    Ok(()) => {
+                        self.stats
+                            .ok
+                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        self.delete_record(record).await;
                         Ok(())
-                    });
-                    match written {
-                        Ok(()) => {
-                            let _ = g.vault.delete_record(&record);
-                            Ok(())
-                        }
-                        Err(e @ StoreError::CommitUncertain(_)) => {
-                            Err(RefreshError::Internal(e.to_string()))
-                        }
-                        Err(e) => {
-                            let _ = g.vault.delete_record(&new_record);
-                            Err(RefreshError::Internal(e.to_string()))
-                        }
                     }
-                })
-                .await
-                .map_err(|e| RefreshError::Internal(e.to_string()))?
+                    Err(CommitError::Uncertain(e)) => Err(RefreshError::Internal(e)),
+                    Err(CommitError::Failed(e)) => {
+                        self.delete_record(new_record).await;
+                        Err(RefreshError::Internal(e))
+                    }
+                }
             }
             Err(e) if definitive(&e) => {
+                self.stats
+                    .rejected
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 let reason = e.to_string();
-                let r2 = reason.clone();
-                let cid = conn.id.clone();
-                let out = tokio::task::spawn_blocking(move || {
-                    g.store.write(|t| {
-                        let Some(mut c) = t.connection(&cid)? else {
-                            return Ok(0);
-                        };
-                        c.strikes += 1;
-                        if c.strikes >= MAX_STRIKES {
-                            c.status = ConnectionStatus::NeedsReauth;
-                            c.status_reason =
-                                Some(format!("refresh rejected {} times: {r2}", c.strikes));
-                        }
-                        c.updated = t.now;
-                        t.put_connection(&c)?;
-                        t.audit(
-                            Event::new(SYSTEM, "oauth.refresh", &c.id, "rejected")
+                // The one retry after a lost outcome was refused: the provider rotated the
+                // token we hold (reuse detection may have ended the grant). Trying again could
+                // only loop, so the user reconnects.
+                let lost_rotation = resumed
+                    && matches!(&e, ExchangeError::Token(TokenError::Refused { error, .. }) if error == "invalid_grant");
+                let (id, r2) = (conn.id.clone(), reason.clone());
+                let ended = Arc::new(Mutex::new(false));
+                let ended2 = ended.clone();
+                let committed = self
+                    .committer
+                    .commit(Job {
+                        seal: Vec::new(),
+                        apply: Box::new(move |t| {
+                            let Some(mut c) = t.connection(&id)? else {
+                                return Ok(());
+                            };
+                            c.strikes = if lost_rotation {
+                                MAX_STRIKES
+                            } else {
+                                c.strikes + 1
+                            };
+                            c.refresh = Default::default();
+                            c.updated = t.now;
+                            let mut ev = Event::new(SYSTEM, "oauth.refresh", &c.id, "rejected")
+                                .detail("service", &c.service)
                                 .detail("strikes", c.strikes.to_string())
-                                .detail("reason", &r2),
-                        )?;
-                        Ok(c.strikes)
+                                .detail("reason", &r2);
+                            if c.strikes >= MAX_STRIKES {
+                                c.status = ConnectionStatus::NeedsReauth;
+                                c.status_reason = Some(if lost_rotation {
+                                    format!("an interrupted refresh left a refresh token the provider no longer accepts ({r2}); reconnect")
+                                } else {
+                                    format!("refresh rejected {} times ({r2}); reconnect", c.strikes)
+                                });
+                                c.secret_record = None;
+                                ev = ev.detail("status", "needs_reauth");
+                                if let Ok(mut e) = ended2.lock() {
+                                    *e = true;
+                                }
+                            }
+                            t.put_connection(&c)?;
+                            t.audit(ev).map(drop)
+                        }),
                     })
-                })
-                .await;
-                tracing::warn!(connection = %conn.id, strikes = ?out.as_ref().ok().and_then(|r| r.as_ref().ok()), "refresh rejected");
+                    .await;
+                let ended = ended.lock().map(|e| *e).unwrap_or(false);
+                tracing::warn!(connection = %conn.id, ended, "refresh rejected");
+                if committed.is_ok() && ended {
+                    // I17: tokens revoked at the provider where possible (RFC 7009), then
+                    // removed here; the agent's next call gets the reconnect answer.
+                    let g = self.gateway.clone();
+                    let r2 = record.clone();
+                    let access =
+                        tokio::task::spawn_blocking(move || g.vault.get(&r2, ACCESS_FIELD))
+                            .await
+                            .ok()
+                            .and_then(Result::ok)
+                            .flatten();
+                    let _ = tokio::time::timeout(
+                        std::time::Duration::from_secs(10),
+                        self.oauth.revoke_refresh_then_access(
+                            &rp,
+                            &creds,
+                            Some(old_refresh.expose_secret()),
+                            access.as_ref().map(|a| a.expose_secret()),
+                        ),
+                    )
+                    .await;
+                    self.delete_record(record).await;
+                }
                 Err(RefreshError::Rejected(reason))
             }
-            Err(e) => Err(RefreshError::Transient(e.to_string())),
+            Err(e) => {
+                self.stats
+                    .transient
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let reason = e.to_string();
+                let retry_after = match &e {
+                    ExchangeError::Unavailable { retry_after, .. } => *retry_after,
+                    _ => None,
+                };
+                let keep_marker = outcome_unknown(&e);
+                let failures = conn.refresh.transient_failures + 1;
+                let wait = backoff(failures, retry_after, random_unit());
+                let (id, r2) = (conn.id.clone(), reason.clone());
+                let _ = self
+                    .committer
+                    .commit(Job {
+                        seal: Vec::new(),
+                        apply: Box::new(move |t| {
+                            let Some(mut c) = t.connection(&id)? else {
+                                return Ok(());
+                            };
+                            if !keep_marker {
+                                c.refresh.in_flight_since = None;
+                            }
+                            c.refresh.transient_failures = failures;
+                            c.refresh.degraded = Some(r2.clone());
+                            c.refresh.retry_at = Some(received + wait);
+                            c.updated = t.now;
+                            t.put_connection(&c)?;
+                            // Not a strike: a provider outage must not revoke anyone (I17).
+                            t.audit(
+                                Event::new(SYSTEM, "oauth.refresh", &c.id, "transient")
+                                    .detail("service", &c.service)
+                                    .detail("failures", failures.to_string())
+                                    .detail("retry_in_secs", wait.whole_seconds().to_string())
+                                    .detail("reason", &r2),
+                            )
+                            .map(drop)
+                        }),
+                    })
+                    .await;
+                Err(RefreshError::Transient(reason))
+            }
+        }
+    }
+
+    async fn delete_record(&self, record: String) {
+        let g = self.gateway.clone();
+        let _ = tokio::task::spawn_blocking(move || g.vault.delete_record(&record)).await;
+    }
+}
+
+/// The proactive side: every OAuth connection ordered by its refresh time, refreshed ahead of
+/// use with a cap per provider and overall, fed by the store's connection writes.
+pub struct Scheduler {
+    refresher: Arc<Refresher>,
+    schedule: Mutex<Schedule>,
+    provider_of: Mutex<HashMap<Arc<str>, Arc<str>>>,
+    limits: Mutex<HashMap<Arc<str>, Arc<tokio::sync::Semaphore>>>,
+    per_provider: usize,
+    overall: Arc<tokio::sync::Semaphore>,
+    wake: tokio::sync::Notify,
+}
+
+impl Scheduler {
+    /// Loads every connection (streaming), spreads what is overdue over `spread`, subscribes
+    /// to connection writes and starts the loop.
+    pub async fn start(
+        refresher: Arc<Refresher>,
+        per_provider: usize,
+        spread: Duration,
+        shutdown: tokio::sync::watch::Receiver<bool>,
+    ) -> Result<Arc<Self>, RefreshError> {
+        let s = Arc::new(Self {
+            refresher,
+            schedule: Mutex::new(Schedule::default()),
+            provider_of: Mutex::new(HashMap::new()),
+            limits: Mutex::new(HashMap::new()),
+            per_provider: per_provider.max(1),
+            overall: Arc::new(tokio::sync::Semaphore::new((per_provider * 8).max(1))),
+            wake: tokio::sync::Notify::new(),
+        });
+        let weak = Arc::downgrade(&s);
+        s.refresher
+            .gateway
+            .store
+            .observe_connections(Box::new(move |conns| {
+                if let Some(s) = weak.upgrade() {
+                    for c in conns {
+                        s.track(c, false);
+                    }
+                    s.wake.notify_one();
+                }
+            }));
+        let s2 = s.clone();
+        tokio::task::spawn_blocking(move || {
+            s2.refresher.gateway.store.read()?.for_each_connection(|c| {
+                s2.track(&c, true);
+                Ok(())
+            })
+        })
+        .await
+        .map_err(internal)?
+        .map_err(internal)?;
+        let now = s.refresher.clock.now();
+        if let Ok(mut sched) = s.schedule.lock() {
+            sched.spread_overdue(now, spread, random_unit);
+        }
+        tokio::spawn(s.clone().run(shutdown));
+        Ok(s)
+    }
+
+    pub fn len(&self) -> usize {
+        self.schedule.lock().map_or(0, |s| s.len())
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Puts `c` where it belongs in the schedule (or takes it out).
+    fn track(&self, c: &Connection, at_start: bool) {
+        let provider = match self.refresher.gateway.config.services.get(&c.service) {
+            Some(svc) => match &svc.kind {
+                ServiceKind::Oauth { provider, .. } => Some(provider.as_str()),
+                ServiceKind::ApiKey { .. } => None,
+            },
+            None => None,
+        };
+        // A marker with no backoff is a refresh in progress (its result reschedules it) —
+        // except at start, where it is a lost outcome to resolve now.
+        let due = match provider {
+            Some(_)
+                if c.refresh.in_flight_since.is_some()
+                    && c.refresh.retry_at.is_none()
+                    && c.status == ConnectionStatus::Active =>
+            {
+                at_start.then(|| self.refresher.clock.now())
+            }
+            Some(_) => schedule::due_at(c, random_unit()),
+            None => None,
+        };
+        let Ok(mut sched) = self.schedule.lock() else {
+            return;
+        };
+        match (due, provider) {
+            (Some(d), Some(p)) => {
+                sched.upsert(&c.id, d);
+                if let Ok(mut m) = self.provider_of.lock() {
+                    m.insert(Arc::from(c.id.as_str()), Arc::from(p));
+                }
+            }
+            _ => {
+                sched.remove(&c.id);
+                if let Ok(mut m) = self.provider_of.lock() {
+                    m.remove(c.id.as_str());
+                }
+            }
+        }
+    }
+
+    fn limit_for(&self, provider: &Arc<str>) -> Arc<tokio::sync::Semaphore> {
+        let mut m = self.limits.lock().unwrap_or_else(|p| p.into_inner());
+        m.entry(provider.clone())
+            .or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(self.per_provider)))
+            .clone()
+    }
+
+    async fn run(self: Arc<Self>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+        let clock = self.refresher.clock.clone();
+        loop {
+            if *shutdown.borrow() {
+                return;
+            }
+            // Bounded work in flight: a permit before each pop, so a storm of due
+            // connections waits in the schedule, not as a heap of tasks.
+            loop {
+                let Ok(permit) = self.overall.clone().acquire_owned().await else {
+                    return;
+                };
+                let now = clock.now();
+                let next = self
+                    .schedule
+                    .lock()
+                    .ok()
+                    .and_then(|mut s| s.pop_due(now, 1).pop());
+                let Some(id) = next else { break };
+                let provider = self
+                    .provider_of
+                    .lock()
+                    .ok()
+                    .and_then(|m| m.get(&id).cloned());
+                let Some(provider) = provider else { continue };
+                let limit = self.limit_for(&provider);
+                let r = self.refresher.clone();
+                tokio::spawn(async move {
+                    let _overall = permit;
+                    let Ok(_p) = limit.acquire_owned().await else {
+                        return;
+                    };
+                    if let Err(e) = r.refresh_due(&id).await {
+                        tracing::debug!(connection = %id, error = %e, "scheduled refresh failed");
+                    }
+                });
+            }
+            let next = self.schedule.lock().ok().and_then(|s| s.next_due());
+            let until = next.unwrap_or_else(|| clock.now() + Duration::hours(1));
+            tokio::select! {
+                () = clock.sleep_until(until) => {}
+                () = self.wake.notified() => {}
+                _ = shutdown.changed() => {}
+            }
         }
     }
 }

@@ -170,7 +170,7 @@ pub struct Proxy {
     public_origin: String,
     connect_url: String,
     pub response_start_timeout: Duration,
-    refresher: crate::lifecycle::Refresher,
+    refresher: Arc<crate::lifecycle::Refresher>,
     streams: Arc<Mutex<HashMap<String, usize>>>,
 }
 
@@ -178,7 +178,7 @@ impl Proxy {
     pub fn new(
         gateway: Arc<Gateway>,
         audit: AuditQueue,
-        oauth: Arc<crate::oauth::client::OAuthClient>,
+        refresher: Arc<crate::lifecycle::Refresher>,
     ) -> Self {
         let _ = rustls::crypto::ring::default_provider().install_default();
         #[allow(clippy::expect_used)] // invariant: this builder configuration is static and valid.
@@ -203,7 +203,7 @@ impl Proxy {
             response_start_timeout: Duration::from_secs(
                 gateway.config.limits.upstream_response_timeout_secs,
             ),
-            refresher: crate::lifecycle::Refresher::new(gateway.clone(), oauth),
+            refresher,
             credentials: CredentialCache::default(),
             streams: Arc::new(Mutex::new(HashMap::new())),
             gateway,

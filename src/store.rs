@@ -104,7 +104,11 @@ pub struct Store {
     /// Bumped after every write that touched a connection, so in-memory copies of
     /// connections and their credentials know they may be stale (the proxy's cache).
     connections_generation: AtomicU64,
+    /// Told of every committed connection write (the refresh scheduler).
+    observer: std::sync::OnceLock<ConnectionObserver>,
 }
+
+pub type ConnectionObserver = Box<dyn Fn(&[Connection]) + Send + Sync>;
 
 impl Store {
     /// Creates the store, paired with its vault, with the genesis audit entry.
@@ -119,6 +123,7 @@ impl Store {
             audit_fault: AtomicBool::new(false),
             head_key,
             connections_generation: AtomicU64::new(0),
+            observer: std::sync::OnceLock::new(),
         };
         {
             let txn = begin_durable(&store.db)?;
@@ -153,6 +158,7 @@ impl Store {
             audit_fault: AtomicBool::new(false),
             head_key,
             connections_generation: AtomicU64::new(0),
+            observer: std::sync::OnceLock::new(),
         };
         let txn = begin_durable(&store.db)?;
         create_tables(&txn)?;
@@ -185,13 +191,13 @@ impl Store {
         let mut t = Txn {
             txn: &txn,
             audited: false,
-            connections_changed: false,
+            changed: Vec::new(),
             audit_fault: self.audit_fault.load(Ordering::SeqCst),
             head_key: &self.head_key,
             now: OffsetDateTime::now_utc(),
         };
         let out = f(&mut t);
-        let changed = t.connections_changed;
+        let changed = std::mem::take(&mut t.changed);
         let result = match out {
             Ok(_) if !t.audited => Err(StoreError::AuditUnavailable(
                 "no audit entry was recorded".into(),
@@ -204,10 +210,20 @@ impl Store {
         };
         // After the commit (or its failure), never before: a reader that saw the old
         // generation read the store before this point and its copy is now marked stale.
-        if changed {
+        if !changed.is_empty() {
             self.connections_generation.fetch_add(1, Ordering::SeqCst);
+            if !matches!(result, Err(ref e) if !matches!(e, StoreError::CommitUncertain(_)))
+                && let Some(observe) = self.observer.get()
+            {
+                observe(&changed);
+            }
         }
         result
+    }
+
+    /// Registers the one observer of committed connection writes; `false` if one was set.
+    pub fn observe_connections(&self, f: ConnectionObserver) -> bool {
+        self.observer.set(f).is_ok()
     }
 
     /// See `connections_generation`: read it before reading connections, and a cached copy
@@ -338,13 +354,19 @@ fn decode<T: DeserializeOwned>(
 pub struct Txn<'a> {
     txn: &'a WriteTransaction,
     audited: bool,
-    connections_changed: bool,
+    /// Connections written in this transaction, for the observer after the commit.
+    changed: Vec<Connection>,
     audit_fault: bool,
     head_key: &'a HeadKey,
     pub now: OffsetDateTime,
 }
 
 impl Txn<'_> {
+    /// Whether this transaction has appended an audit entry yet.
+    pub fn has_audited(&self) -> bool {
+        self.audited
+    }
+
     /// Appends one entry to the hash chain, in this transaction.
     pub fn audit(&mut self, event: Event) -> Result<Entry, StoreError> {
         if self.audit_fault {
@@ -458,7 +480,7 @@ impl Txn<'_> {
     /// Writes a connection and keeps the derived tables (live index, secret references,
     /// counts per status) in step with it.
     pub fn put_connection(&mut self, c: &Connection) -> Result<(), StoreError> {
-        self.connections_changed = true;
+        self.changed.push(c.clone());
         let mut t = self.txn.open_table(CONNECTIONS).map_err(st)?;
         let old: Option<Connection> = match t.get(c.id.as_str()).map_err(st)? {
             Some(v) => Some(decode("connections", &c.id, v.value())?),

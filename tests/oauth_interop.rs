@@ -100,6 +100,11 @@ fn setup(n_ops: usize) -> Setup {
 }
 
 fn setup_with(n_ops: usize, access_ttl: u64, mcp_url: &str) -> Setup {
+    setup_full(n_ops, access_ttl, mcp_url, true)
+}
+
+/// `proactive`: whether the refresh scheduler runs (off to test on-demand refresh alone).
+fn setup_full(n_ops: usize, access_ttl: u64, mcp_url: &str, proactive: bool) -> Setup {
     let gw = free_port();
     let base = format!("http://127.0.0.1:{gw}");
     let tmp = tempfile::tempdir().unwrap();
@@ -108,7 +113,7 @@ fn setup_with(n_ops: usize, access_ttl: u64, mcp_url: &str) -> Setup {
         .collect();
     // 64 concurrent calls from one agent in the refresh test: lift the per-agent cap (32).
     let mut config = format!(
-        "listen = \"127.0.0.1:{gw}\"\npublic_url = \"{base}\"\n[limits]\nmax_streams_per_agent = 128\n"
+        "listen = \"127.0.0.1:{gw}\"\npublic_url = \"{base}\"\n[limits]\nmax_streams_per_agent = 128\nproactive_refresh = {proactive}\n"
     );
     for (i, op) in ops.iter().enumerate() {
         let suffix = if i == 0 {
@@ -598,14 +603,25 @@ async fn introspecting_upstream(issuer: Arc<tokio::sync::OnceCell<String>>) -> u
 }
 
 /// I15/I16 against oidc-provider (rotating refresh tokens, reuse detection, 6 s access
-/// tokens) with an upstream that introspects every token: after the token expires, 64
-/// concurrent agent calls cause exactly one token request and all succeed; twice over; the
-/// grant survives (no reuse detected).
+/// tokens) with an upstream that introspects every token, the scheduler off: after the token
+/// expires, 64 concurrent agent calls cause exactly one token request and all succeed; over
+/// `SCOPEGATE_REFRESH_CYCLES` cycles (2 here; 200 for the run, with
+/// `SCOPEGATE_REFRESH_TTL=2`); the grant survives (no reuse detected).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_calls_on_an_expired_token_refresh_once() {
+    let env = |k: &str, d: u64| {
+        std::env::var(k)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(d)
+    };
+    let (cycles, ttl) = (
+        env("SCOPEGATE_REFRESH_CYCLES", 2),
+        env("SCOPEGATE_REFRESH_TTL", 6),
+    );
     let issuer = Arc::new(tokio::sync::OnceCell::new());
     let up = introspecting_upstream(issuer.clone()).await;
-    let s = setup_with(1, 6, &format!("http://127.0.0.1:{up}/mcp"));
+    let s = setup_full(1, ttl, &format!("http://127.0.0.1:{up}/mcp"), false);
     issuer.set(s.ops[0].issuer()).unwrap();
     let mut b = s.browser("alice").await;
     let cb = s.authorize(&mut b, "files").await;
@@ -641,8 +657,8 @@ async fn concurrent_calls_on_an_expired_token_refresh_once() {
         1,
         "only the code exchange so far"
     );
-    for round in 1..=2u64 {
-        tokio::time::sleep(Duration::from_millis(6500)).await;
+    for round in 1..=cycles {
+        tokio::time::sleep(Duration::from_millis(ttl * 1000 + 500)).await;
         let before = s.ops[0].token_requests().await;
         let results = futures_util::future::join_all((0..64).map(|i| call(round * 100 + i))).await;
         for (st, body) in &results {
@@ -660,8 +676,16 @@ async fn concurrent_calls_on_an_expired_token_refresh_once() {
         "active",
         "the grant was revoked (reuse detected?)"
     );
-    let audit = s.inst.ok(&["audit", "list"], b"");
-    assert_eq!(audit.matches("oauth.refresh").count(), 2, "{audit}");
+    let audit: Vec<serde_json::Value> =
+        serde_json::from_str(&s.inst.ok(&["audit", "list", "--json"], b"")).unwrap();
+    let refreshed = audit
+        .iter()
+        .filter(|e| e["action"] == "oauth.refresh" && e["outcome"] == "ok")
+        .count();
+    assert_eq!(refreshed as u64, cycles, "{audit:?}");
+    println!(
+        "{cycles} cycles of 64 concurrent calls on an expired {ttl} s token: one token request each, grant intact"
+    );
 }
 
 /// Login CSRF (RFC 9700 §4.7.1): a login form posted from another site is refused, so nobody

@@ -195,6 +195,22 @@ async fn run_async(
     }
     let metrics = Arc::new(web::Metrics::default());
     let oauth = Arc::new(crate::oauth::client::OAuthClient::new());
+    let (tx, rx) = watch::channel(false);
+    let refresher = Arc::new(crate::lifecycle::Refresher::new(
+        gateway.clone(),
+        oauth.clone(),
+        Arc::new(crate::lifecycle::schedule::SystemClock),
+    ));
+    if gateway.config.limits.proactive_refresh {
+        let scheduler = crate::lifecycle::Scheduler::start(
+            refresher.clone(),
+            gateway.config.limits.refresh_concurrency_per_provider,
+            time::Duration::seconds(gateway.config.limits.refresh_startup_spread_secs as i64),
+            rx.clone(),
+        )
+        .await?;
+        tracing::info!(scheduled = scheduler.len(), "refresh scheduler started");
+    }
     let state = web::AppState {
         gateway: gateway.clone(),
         metrics: metrics.clone(),
@@ -204,11 +220,10 @@ async fn run_async(
         proxy: Arc::new(crate::proxy::Proxy::new(
             gateway.clone(),
             crate::proxy::audit_queue::AuditQueue::start(gateway.clone()),
-            oauth,
+            refresher,
         )),
     };
     let app = web::router(state, &limits);
-    let (tx, rx) = watch::channel(false);
     let status = {
         let g = gateway.clone();
         let d = dir.root().display().to_string();

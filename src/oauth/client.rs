@@ -25,6 +25,12 @@ const DISCOVERY_TTL: Duration = Duration::from_secs(3600);
 pub enum ExchangeError {
     #[error("the authorization server could not be reached: {0}")]
     Network(String),
+    /// HTTP 429 or 5xx: the request was not processed; try later (RFC 9110 §10.2.3).
+    #[error("the authorization server is unavailable (HTTP {status})")]
+    Unavailable {
+        status: u16,
+        retry_after: Option<u64>,
+    },
     #[error(transparent)]
     Token(#[from] TokenError),
     #[error("{0}")]
@@ -227,6 +233,19 @@ impl OAuthClient {
             .await
             .map_err(|e| ExchangeError::Network(e.without_url().to_string()))?;
         let status = resp.status().as_u16();
+        if status == 429 || status >= 500 {
+            // Only delta-seconds; an HTTP-date (rare from token endpoints) falls back to
+            // our own backoff.
+            let retry_after = resp
+                .headers()
+                .get("retry-after")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<u64>().ok());
+            return Err(ExchangeError::Unavailable {
+                status,
+                retry_after,
+            });
+        }
         let body = read_capped(resp, token::MAX_BODY_BYTES)
             .await
             .map_err(|_| ExchangeError::Token(TokenError::TooLarge))?;
