@@ -207,6 +207,7 @@ async fn run_async(
             oauth,
         )),
     };
+    let state_proxy = state.proxy.clone();
     let app = web::router(state, &limits);
     let (tx, rx) = watch::channel(false);
     let status = {
@@ -231,11 +232,19 @@ async fn run_async(
         })
     };
     let web_task = tokio::spawn(web::serve(listener, app, limits, metrics, rx.clone()));
-    let admin_task = tokio::spawn(crate::admin::server::run(
+    let refresh: crate::admin::server::RefreshNow = {
+        let proxy = state_proxy.clone();
+        Arc::new(move |id: String| {
+            let proxy = proxy.clone();
+            Box::pin(async move { proxy.refresh_now(&id).await })
+        })
+    };
+    let admin_task = tokio::spawn(crate::admin::server::run_with(
         admin_listener,
         owner_uid,
         gateway.clone(),
         status,
+        Some(refresh),
         rx,
     ));
     println!("scopegate: listening on http://{addr}");
