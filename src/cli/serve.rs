@@ -132,6 +132,11 @@ provider = "demo"
 mcp_url = "{public}/demo/mcp"
 scopes = ["demo.read", "demo.write"]
 
+[services.demo.tools]
+whoami = ["demo.read"]
+echo = ["demo.read"]
+count = ["demo.read"]
+
 [services.demo-search]
 kind = "api_key"
 mcp_url = "{public}/demo/mcp"
