@@ -32,7 +32,7 @@ fn model() -> Model {
             user: format!("user{}", i % 997),
             service: format!("svc{}", i % 13),
             kind: ConnectionKind::Oauth,
-            status: if i % 50 == 0 {
+            status: if i.is_multiple_of(50) {
                 ConnectionStatus::NeedsReauth
             } else {
                 ConnectionStatus::Active
@@ -65,7 +65,12 @@ fn entry(seq: u64) -> Entry {
         actor: format!("agent:bot{}", seq % 17),
         action: "mcp.call".into(),
         target: format!("svc{}", seq % 13),
-        outcome: if seq % 100 == 0 { "denied" } else { "ok" }.into(),
+        outcome: if seq.is_multiple_of(100) {
+            "denied"
+        } else {
+            "ok"
+        }
+        .into(),
         details,
         prev_hash: String::new(),
         hash: String::new(),

@@ -50,12 +50,11 @@ fn event_loop(
         terminal.draw(|f| view::render(&m, f))?;
         let mut msgs = Vec::new();
         let wait = TICK.saturating_sub(last_tick.elapsed());
-        if event::poll(wait)? {
-            if let Event::Key(k) = event::read()?
-                && let Some(msg) = keymap::to_msg(&m, k)
-            {
-                msgs.push(msg);
-            }
+        if event::poll(wait)?
+            && let Event::Key(k) = event::read()?
+            && let Some(msg) = keymap::to_msg(&m, k)
+        {
+            msgs.push(msg);
         }
         if last_tick.elapsed() >= TICK {
             last_tick = std::time::Instant::now();

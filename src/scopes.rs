@@ -265,16 +265,17 @@ pub struct Subject<'a> {
     pub hierarchy: Hierarchy,
 }
 
-/// The audit of one connection: needed, exercised, findings and the narrowed set.
-pub fn assess(
-    s: &Subject<'_>,
-) -> (
+/// needed (None: no tool map), exercised, unmapped tools, findings, narrowed set.
+pub type Assessed = (
     Option<Vec<String>>,
     Vec<Exercised>,
     Vec<String>,
     Vec<Finding>,
     Option<Vec<String>>,
-) {
+);
+
+/// The audit of one connection: needed, exercised, findings and the narrowed set.
+pub fn assess(s: &Subject<'_>) -> Assessed {
     let h = s.hierarchy;
     let mut exercised: BTreeMap<String, (OffsetDateTime, u64)> = BTreeMap::new();
     let mut unmapped = Vec::new();

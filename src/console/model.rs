@@ -429,7 +429,7 @@ pub fn update(m: &mut Model, msg: Msg) -> Vec<Effect> {
         Msg::Tick(now) => {
             m.now = now;
             m.ticks = m.ticks.wrapping_add(1);
-            if m.audit_started && !m.audit_inflight && m.ticks % TAIL_EVERY_TICKS == 0 {
+            if m.audit_started && !m.audit_inflight && m.ticks.is_multiple_of(TAIL_EVERY_TICKS) {
                 m.audit_inflight = true;
                 fx.push(Effect::LoadAudit {
                     after: m.audit_last_seq,

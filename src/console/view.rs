@@ -200,6 +200,7 @@ fn window(rows: usize, selected: usize, height: usize) -> std::ops::Range<usize>
     offset..(offset + height).min(rows)
 }
 
+#[allow(clippy::too_many_arguments)] // a table is its title, columns, widths and rows
 fn table<'a>(
     m: &Model,
     f: &mut Frame,
@@ -915,7 +916,11 @@ mod tests {
         let mut m = on(Tab::Audit);
         let many: Vec<_> = (5..=50_000u64)
             .map(|i| {
-                let outcome = if i % 1000 == 0 { "denied" } else { "ok" };
+                let outcome = if i.is_multiple_of(1000) {
+                    "denied"
+                } else {
+                    "ok"
+                };
                 entry(
                     i,
                     &format!("agent:bot{}", i % 7),
