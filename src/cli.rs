@@ -59,6 +59,20 @@ enum Command {
     /// Manage permission profiles (which services and tools an agent may use)
     #[command(subcommand)]
     Profile(ProfileCmd),
+    /// Audit granted scopes against what agents need and use
+    #[command(subcommand)]
+    Scopes(ScopesCmd),
+    /// The admin console (a terminal UI on the running server's admin socket)
+    Console,
+}
+
+#[derive(Debug, Subcommand)]
+enum ScopesCmd {
+    /// Per connection: granted, needed by allowed tools, exercised, findings and the fix
+    Report {
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -168,7 +182,11 @@ enum AuditCmd {
 
 pub fn run(cli: Cli) -> ExitCode {
     let serving = matches!(cli.command, Command::Serve { .. });
-    init_logging(serving);
+    // The console owns the terminal: its logs would scribble over the screen.
+    let quiet = matches!(cli.command, Command::Console);
+    if !quiet {
+        init_logging(serving);
+    }
     let data_dir = DataDir::new(cli.data_dir.clone().unwrap_or_else(DataDir::default_root));
     let result = match cli.command {
         Command::Init(k) => setup::init(&data_dir, k),
@@ -184,6 +202,8 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Audit(c) => manage::audit(&data_dir, c),
         Command::Agent(c) => manage::agent(&data_dir, c),
         Command::Profile(c) => manage::profile(&data_dir, c),
+        Command::Scopes(c) => manage::scopes(&data_dir, c),
+        Command::Console => crate::console::run(&data_dir.socket_path()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

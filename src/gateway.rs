@@ -11,6 +11,7 @@
 
 pub mod agents;
 pub mod connect;
+pub mod scopes;
 
 use std::collections::BTreeSet;
 
@@ -47,6 +48,8 @@ pub struct Gateway {
     /// Authenticated agents by token hash (never the token), so the proxy's hot path needs
     /// no read transaction. See `agents::PrincipalCache` for how revocation stays immediate.
     pub(crate) principals: agents::PrincipalCache,
+    /// Tool use folded from the audit log (scope audit, agents' last seen).
+    pub(crate) usage: std::sync::Mutex<scopes::UsageIndex>,
 }
 
 /// One row of `connection list`: metadata and a fingerprint, never the secret.
@@ -70,6 +73,14 @@ pub struct ConnectionView {
     pub secret_set_at: Option<OffsetDateTime>,
     /// The API key is older than the service's `rotate_after_days`.
     pub rotation_due: bool,
+    /// When the access token expires (OAuth), if the provider said.
+    #[serde(with = "time::serde::rfc3339::option", default)]
+    pub access_expires: Option<OffsetDateTime>,
+    #[serde(with = "time::serde::rfc3339::option", default)]
+    pub last_refresh: Option<OffsetDateTime>,
+    /// Consecutive definitive refresh rejections.
+    #[serde(default)]
+    pub strikes: u32,
 }
 
 #[derive(Debug, Default, Clone, PartialEq, Eq, Serialize)]
@@ -105,6 +116,7 @@ impl Gateway {
             vault,
             store,
             principals: agents::PrincipalCache::default(),
+            usage: Default::default(),
         }
     }
 
@@ -222,6 +234,9 @@ impl Gateway {
             updated: c.updated,
             secret_set_at: c.secret_set_at,
             rotation_due,
+            access_expires: c.access_expires,
+            last_refresh: c.last_refresh,
+            strikes: c.strikes,
         }
     }
 

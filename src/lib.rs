@@ -5,6 +5,7 @@ pub mod admin;
 pub mod agent_token;
 pub mod cli;
 pub mod config;
+pub mod console;
 pub mod datadir;
 pub mod durable;
 #[doc(hidden)]
@@ -15,6 +16,7 @@ pub mod oauth;
 pub mod passphrase;
 pub mod policy;
 pub mod proxy;
+pub mod scopes;
 pub mod secret;
 pub mod store;
 pub mod vault;

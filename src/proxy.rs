@@ -212,6 +212,29 @@ impl Proxy {
 }
 
 impl Proxy {
+    /// An admin's "refresh now": through the same single-flight refresher agents use (I15).
+    pub async fn refresh_now(&self, id: &str) -> Result<(), String> {
+        let g = self.gateway.clone();
+        let id2 = id.to_owned();
+        let conn =
+            tokio::task::spawn_blocking(move || g.store.read().and_then(|r| r.connections()))
+                .await
+                .map_err(|e| e.to_string())?
+                .map_err(|e| e.to_string())?
+                .into_iter()
+                .find(|c| c.id == id2)
+                .ok_or_else(|| format!("no connection with id {id}"))?;
+        if conn.kind != crate::store::ConnectionKind::Oauth {
+            return Err(format!(
+                "connection {id} holds an API key; there is nothing to refresh"
+            ));
+        }
+        self.refresher
+            .refresh(id, conn.secret_record.as_deref())
+            .await
+            .map_err(|e| e.to_string())
+    }
+
     /// The live connection of the agent's user for `service` and its credential; refreshes an
     /// OAuth access token first when it is due. `None`: not connected.
     async fn credential(&self, p: &Principal, service: &str) -> Option<Credential> {
@@ -564,14 +587,18 @@ pub async fn handle(
     } else {
         format!("upstream_{}", status.as_u16())
     };
-    if !proxy.audit.record(call_event(
-        &principal,
-        &service,
-        tool.as_deref(),
-        message.as_ref(),
-        &outcome,
-        started,
-    )) {
+    // The connection id lets the scope audit attribute exercised scopes (no extra write).
+    if !proxy.audit.record(
+        call_event(
+            &principal,
+            &service,
+            tool.as_deref(),
+            message.as_ref(),
+            &outcome,
+            started,
+        )
+        .detail("connection", cred.0.id.clone()),
+    ) {
         return plain(
             StatusCode::SERVICE_UNAVAILABLE,
             "the audit log cannot be written; calls are refused\n",

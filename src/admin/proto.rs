@@ -55,6 +55,19 @@ pub enum Request {
         name: String,
     },
     AuditVerify,
+    /// Refresh an OAuth connection's access token now (the console's action).
+    ConnectionRefresh {
+        id: String,
+    },
+    /// Agents with owner, profile name and last seen (never a token or its hash).
+    AgentActivity,
+    /// Replace a profile's allow rules (`SERVICE` or `SERVICE:TOOL_GLOB`).
+    ProfileSet {
+        name: String,
+        allow: Vec<String>,
+    },
+    /// The scope audit: per connection granted, needed, exercised and findings.
+    ScopesReport,
 }
 
 /// The key crosses the owner-only socket once, from the CLI to the server that seals it.
@@ -85,6 +98,10 @@ impl Request {
             Self::ProfileAdd { .. } => "profile_add",
             Self::ProfileList => "profile_list",
             Self::ProfileRemove { .. } => "profile_remove",
+            Self::ConnectionRefresh { .. } => "connection_refresh",
+            Self::AgentActivity => "agent_activity",
+            Self::ProfileSet { .. } => "profile_set",
+            Self::ScopesReport => "scopes_report",
         }
     }
 }

@@ -27,11 +27,33 @@ pub fn bind(path: &Path) -> std::io::Result<(UnixListener, u32)> {
     Ok((listener, owner))
 }
 
+/// Refreshes one connection now (by id); given by the server that owns the single-flight
+/// refresher, so an admin's refresh and an agent's never race with the same refresh token.
+pub type RefreshNow = Arc<
+    dyn Fn(
+            String,
+        )
+            -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send>>
+        + Send
+        + Sync,
+>;
+
 pub async fn run(
     listener: UnixListener,
     owner_uid: u32,
     gateway: Arc<Gateway>,
     status: Arc<dyn Fn() -> Status + Send + Sync>,
+    shutdown: watch::Receiver<bool>,
+) {
+    run_with(listener, owner_uid, gateway, status, None, shutdown).await;
+}
+
+pub async fn run_with(
+    listener: UnixListener,
+    owner_uid: u32,
+    gateway: Arc<Gateway>,
+    status: Arc<dyn Fn() -> Status + Send + Sync>,
+    refresh: Option<RefreshNow>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     loop {
@@ -48,8 +70,9 @@ pub async fn run(
         };
         let gateway = gateway.clone();
         let status = status.clone();
+        let refresh = refresh.clone();
         tokio::spawn(async move {
-            if let Err(e) = handle(stream, owner_uid, gateway, status).await {
+            if let Err(e) = handle(stream, owner_uid, gateway, status, refresh).await {
                 tracing::debug!(error = %e, "admin connection ended");
             }
         });
@@ -61,6 +84,7 @@ async fn handle(
     owner_uid: u32,
     gateway: Arc<Gateway>,
     status: Arc<dyn Fn() -> Status + Send + Sync>,
+    refresh: Option<RefreshNow>,
 ) -> std::io::Result<()> {
     let peer = stream.peer_cred()?;
     if peer.uid() != owner_uid {
@@ -100,6 +124,25 @@ async fn handle(
                 e.classify(),
                 e.column()
             )),
+            // Network I/O: not on the blocking pool, and no store transaction across it.
+            Ok(Request::ConnectionRefresh { id }) => match &refresh {
+                None => Response::err("this server cannot refresh connections"),
+                Some(f) => {
+                    let started = std::time::Instant::now();
+                    let r = f(id).await;
+                    let micros = started.elapsed().as_micros() as u64;
+                    tracing::info!(
+                        op = "connection_refresh",
+                        micros,
+                        ok = r.is_ok(),
+                        "admin request"
+                    );
+                    match r {
+                        Ok(()) => Response::ok(serde_json::Value::Null),
+                        Err(e) => Response::err(e),
+                    }
+                }
+            },
             Ok(req) => {
                 let g = gateway.clone();
                 let st = status.clone();
@@ -183,6 +226,16 @@ fn run_request(g: &Gateway, status: &(dyn Fn() -> Status + Send + Sync), req: Re
         }
         Request::ProfileList => g.profiles().map(to_value),
         Request::ProfileRemove { name } => g.profile_remove(&name).map(|()| Response::ok(serde_json::Value::Null)),
+        Request::ProfileSet { name, allow } => {
+            match allow.iter().map(|r| crate::policy::parse_rule(r)).collect::<Result<Vec<_>, _>>() {
+                Ok(rules) => g.profile_set(&name, rules).map(to_value),
+                Err(e) => Ok(Response::err(e)),
+            }
+        }
+        Request::AgentActivity => g.agent_views().map(to_value),
+        Request::ScopesReport => g.scopes_report().map(to_value),
+        // Answered in `handle` (it needs the async refresher).
+        Request::ConnectionRefresh { .. } => Ok(Response::err("internal error")),
     };
     result.unwrap_or_else(|e| Response::err(e.to_string()))
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 
-use super::{AgentCmd, ApikeyCmd, AuditCmd, ConnectionCmd, ProfileCmd, UserCmd};
+use super::{AgentCmd, ApikeyCmd, AuditCmd, ConnectionCmd, ProfileCmd, ScopesCmd, UserCmd};
 use crate::admin::client::{self, call};
 use crate::admin::proto::Request;
 use crate::datadir::DataDir;
@@ -278,4 +278,60 @@ fn offline(dir: &DataDir) -> anyhow::Result<OfflineStore> {
 fn rfc3339(t: time::OffsetDateTime) -> String {
     t.format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_default()
+}
+
+pub fn scopes(dir: &DataDir, cmd: ScopesCmd) -> anyhow::Result<()> {
+    let ScopesCmd::Report { json } = cmd;
+    let report: Vec<crate::scopes::ConnectionScopes> =
+        call(&dir.socket_path(), &Request::ScopesReport)?;
+    if json {
+        println!("{}", serde_json::to_string(&report)?);
+        return Ok(());
+    }
+    let esc = crate::store::audit::escape_untrusted;
+    for c in &report {
+        println!(
+            "{} {}/{} {}{}",
+            c.connection,
+            esc(&c.user),
+            esc(&c.service),
+            c.status,
+            if c.over_scoped() { " OVER-SCOPED" } else { "" }
+        );
+        println!("  granted:   {}", esc(&c.granted.join(" ")));
+        match &c.needed {
+            Some(n) => println!("  needed:    {}", esc(&n.join(" "))),
+            None => println!(
+                "  needed:    unknown (add [services.{}.tools] to the config)",
+                esc(&c.service)
+            ),
+        }
+        for e in &c.exercised {
+            println!(
+                "  exercised: {} (last {}, {} calls)",
+                esc(&e.scope),
+                rfc3339(e.last_used),
+                e.calls
+            );
+        }
+        for f in &c.findings {
+            let instead = if f.instead.is_empty() {
+                String::new()
+            } else {
+                format!(" ({} serves)", esc(&f.instead.join(" ")))
+            };
+            println!(
+                "  finding:   {} {}{instead}",
+                esc(&f.scope),
+                f.kind.as_str()
+            );
+        }
+        if let (Some(n), Some(url)) = (&c.narrowed, &c.fix_url) {
+            println!(
+                "  fix:       reconnect asking only for {}: {url}",
+                esc(&n.join(" "))
+            );
+        }
+    }
+    Ok(())
 }

@@ -132,6 +132,11 @@ provider = "demo"
 mcp_url = "{public}/demo/mcp"
 scopes = ["demo.read", "demo.write"]
 
+[services.demo.tools]
+whoami = ["demo.read"]
+echo = ["demo.read"]
+count = ["demo.read"]
+
 [services.demo-search]
 kind = "api_key"
 mcp_url = "{public}/demo/mcp"
@@ -223,6 +228,7 @@ async fn run_async(
             refresher,
         )),
     };
+    let state_proxy = state.proxy.clone();
     let app = web::router(state, &limits);
     let status = {
         let g = gateway.clone();
@@ -246,11 +252,19 @@ async fn run_async(
         })
     };
     let web_task = tokio::spawn(web::serve(listener, app, limits, metrics, rx.clone()));
-    let admin_task = tokio::spawn(crate::admin::server::run(
+    let refresh: crate::admin::server::RefreshNow = {
+        let proxy = state_proxy.clone();
+        Arc::new(move |id: String| {
+            let proxy = proxy.clone();
+            Box::pin(async move { proxy.refresh_now(&id).await })
+        })
+    };
+    let admin_task = tokio::spawn(crate::admin::server::run_with(
         admin_listener,
         owner_uid,
         gateway.clone(),
         status,
+        Some(refresh),
         rx,
     ));
     // Watch the signals before saying "ready": a SIGTERM right after it must drain, not kill.

@@ -159,6 +159,45 @@ impl Gateway {
         Ok(profile)
     }
 
+    /// Replaces a profile's rules (the console's edit). The principal cache is invalidated so
+    /// a narrowed profile binds its agents on their next request.
+    pub fn profile_set(
+        &self,
+        name: &str,
+        rules: Vec<ProfileRule>,
+    ) -> Result<Profile, GatewayError> {
+        if rules.is_empty() {
+            return Err(GatewayError::Invalid(
+                "a profile needs at least one allow rule".into(),
+            ));
+        }
+        for r in &rules {
+            if !self.config.services.contains_key(&r.service) {
+                return Err(GatewayError::Invalid(format!(
+                    "no service named {} in the config",
+                    r.service
+                )));
+            }
+        }
+        let profile = self.store.write(|t| {
+            let mut p = t
+                .profile_by_name(name)?
+                .ok_or_else(|| StoreError::NotFound(format!("no profile named {name}")))?;
+            let before: Vec<String> = p.rules.iter().map(crate::policy::describe).collect();
+            p.rules = crate::policy::merge(rules);
+            let after: Vec<String> = p.rules.iter().map(crate::policy::describe).collect();
+            t.put_profile(&p)?;
+            t.audit(
+                Event::new(ADMIN, "profile.edit", name, "ok")
+                    .detail("before", before.join(" "))
+                    .detail("allow", after.join(" ")),
+            )?;
+            Ok(p)
+        })?;
+        self.principals.invalidate();
+        Ok(profile)
+    }
+
     pub fn profiles(&self) -> Result<Vec<Profile>, GatewayError> {
         Ok(self.store.read()?.profiles()?)
     }

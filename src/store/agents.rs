@@ -83,6 +83,16 @@ impl Txn<'_> {
         Ok(())
     }
 
+    /// Replaces a profile's record (its name and id stay).
+    pub fn put_profile(&mut self, p: &Profile) -> Result<(), StoreError> {
+        self.txn
+            .open_table(PROFILES)
+            .map_err(st)?
+            .insert(p.id.as_str(), encode(p).as_slice())
+            .map_err(st)?;
+        Ok(())
+    }
+
     pub fn profile_by_name(&self, name: &str) -> Result<Option<Profile>, StoreError> {
         self.by_name(PROFILE_NAMES, PROFILES, "profiles", name)
     }

@@ -265,6 +265,26 @@ pub async fn connect_page(
         let msg = match k.as_str() {
             "connected" => format!("<p class=\"note ok\">Connected <b>{}</b>.</p>", esc(v)),
             "disconnected" => format!("<p class=\"note\">Disconnected <b>{}</b>.</p>", esc(v)),
+            // A narrowing link from the scope audit: offered as a button (a POST with the
+            // CSRF token), never started by the GET itself; only scopes the configured set
+            // already covers are accepted, so a link cannot widen a grant.
+            "narrow" => {
+                let requested = params
+                    .iter()
+                    .find(|(k, _)| k == "scope")
+                    .map(|(_, v)| v.as_str())
+                    .unwrap_or_default();
+                match state.gateway.narrowed_scopes(v, requested) {
+                    Some(scopes) => format!(
+                        "<p class=\"note\">Your administrator asks you to reconnect <b>{n}</b> with fewer permissions: <b>{s}</b>.</p>\
+                         <form method=\"post\" action=\"/connect/{n}\"><input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">\
+                         <input type=\"hidden\" name=\"scope\" value=\"{s}\"><button type=\"submit\">Reconnect {n} with only these scopes</button></form>",
+                        n = esc(v),
+                        s = esc(&scopes.join(" "))
+                    ),
+                    None => "<p class=\"note bad\">That reconnect link asks for scopes this service does not allow; it was ignored.</p>".to_owned(),
+                }
+            }
             "unrevoked" => format!(
                 "<p class=\"note bad\">The provider of <b>{}</b> could not be reached to revoke the tokens; they were deleted here. Revoke the app's access in your account settings there too.</p>",
                 esc(v)
@@ -390,7 +410,20 @@ pub async fn begin(
             );
         }
     };
-    let mut scopes: Vec<String> = scopes.to_vec();
+    // A narrowing reconnect (from the scope audit's link) asks for fewer scopes, never more.
+    let mut scopes: Vec<String> = match parse_form(&body).into_iter().find(|(k, _)| k == "scope") {
+        None => scopes.to_vec(),
+        Some((_, requested)) => match g.narrowed_scopes(&service, &requested) {
+            Some(narrow) => narrow,
+            None => {
+                return refusal(
+                    StatusCode::BAD_REQUEST,
+                    "Cannot connect",
+                    "The scopes asked for are not a subset of what this service is configured to use.",
+                );
+            }
+        },
+    };
     for s in &rp.implied_scopes {
         if !scopes.iter().any(|x| x == s) {
             scopes.push((*s).to_owned());

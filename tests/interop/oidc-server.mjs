@@ -5,7 +5,8 @@
 // The login and consent interactions are completed by this script as the test directs:
 //   POST /test/mode {"grant": ["files.read"]}  grant only these scopes
 //   POST /test/mode {"deny": true}            the user denies
-// and GET /test/stats counts token-endpoint requests, so tests can prove none was made.
+// and GET /test/stats counts token-endpoint requests, so tests can prove none was made, and
+// names the scopes the last consent prompt asked for.
 //
 // env: PORT, REDIRECT_URI, CLIENT_SECRET, ACCESS_TTL (seconds), NO_S256 (unused here).
 import http from 'node:http';
@@ -14,7 +15,7 @@ import Provider from 'oidc-provider';
 const port = Number(process.env.PORT);
 const issuer = `http://127.0.0.1:${port}`;
 const mode = { grant: null, deny: false };
-const stats = { token_requests: 0, revocations: 0, introspections: 0 };
+const stats = { token_requests: 0, revocations: 0, introspections: 0, consent_asked: [] };
 
 const provider = new Provider(issuer, {
   clients: [{
@@ -51,6 +52,7 @@ async function interaction(req, res) {
     return provider.interactionFinished(req, res, { error: 'access_denied', error_description: 'The user <b>denied</b> access' }, { mergeWithLastSubmission: false });
   }
   const asked = String(params.scope || '').split(' ').filter(Boolean);
+  stats.consent_asked = asked; // what the consent prompt asked the user for
   const granted = mode.grant ? asked.filter((s) => mode.grant.includes(s)) : asked;
   const grant = details.grantId ? await provider.Grant.find(details.grantId) : new provider.Grant({ accountId: details.session.accountId, clientId: params.client_id });
   grant.addOIDCScope(granted.join(' '));
@@ -77,6 +79,7 @@ const server = http.createServer(async (req, res) => {
     }
     if (req.url.startsWith('/interaction/')) return await interaction(req, res);
     const path = req.url.split('?')[0];
+    if (path === '/auth') stats.consent_asked = null; // each authorization request starts afresh
     if (path === '/token') stats.token_requests += 1;
     if (path === '/token/revocation') stats.revocations += 1;
     if (path === '/token/introspection') stats.introspections += 1;
