@@ -216,14 +216,11 @@ impl Proxy {
     pub async fn refresh_now(&self, id: &str) -> Result<(), String> {
         let g = self.gateway.clone();
         let id2 = id.to_owned();
-        let conn =
-            tokio::task::spawn_blocking(move || g.store.read().and_then(|r| r.connections()))
-                .await
-                .map_err(|e| e.to_string())?
-                .map_err(|e| e.to_string())?
-                .into_iter()
-                .find(|c| c.id == id2)
-                .ok_or_else(|| format!("no connection with id {id}"))?;
+        let conn = tokio::task::spawn_blocking(move || g.store.read()?.connection(&id2))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| format!("no connection with id {id}"))?;
         if conn.kind != crate::store::ConnectionKind::Oauth {
             return Err(format!(
                 "connection {id} holds an API key; there is nothing to refresh"
@@ -597,7 +594,7 @@ pub async fn handle(
             &outcome,
             started,
         )
-        .detail("connection", cred.0.id.clone()),
+        .detail("connection", cred.conn.id.clone()),
     ) {
         return plain(
             StatusCode::SERVICE_UNAVAILABLE,
