@@ -47,6 +47,7 @@ fn model() -> Model {
             access_expires: Some(now() + time::Duration::seconds(i as i64)),
             last_refresh: Some(now()),
             strikes: (i % 3) as u32,
+            refresh: Default::default(),
         })
         .collect();
     update(&mut m, Msg::Loaded(Loaded::Connections(conns)));

@@ -151,6 +151,8 @@ enum ConnectionCmd {
     },
     /// Revoke a connection and delete its sealed credentials
     Revoke { id: String },
+    /// Refresh an OAuth connection's tokens now (the same single flight as agents' refreshes)
+    Refresh { id: String },
 }
 
 #[derive(Debug, Subcommand)]

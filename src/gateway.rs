@@ -81,6 +81,9 @@ pub struct ConnectionView {
     /// Consecutive definitive refresh rejections.
     #[serde(default)]
     pub strikes: u32,
+    /// In-flight marker, transient failures, backoff (the token lifecycle).
+    #[serde(default, skip_serializing_if = "crate::store::RefreshState::is_clear")]
+    pub refresh: crate::store::RefreshState,
 }
 
 #[derive(Debug, Default, Clone, PartialEq, Eq, Serialize)]
@@ -237,6 +240,7 @@ impl Gateway {
             access_expires: c.access_expires,
             last_refresh: c.last_refresh,
             strikes: c.strikes,
+            refresh: c.refresh.clone(),
         }
     }
 

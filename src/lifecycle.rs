@@ -175,7 +175,8 @@ impl Refresher {
             }
             m.insert(conn_id.to_owned(), std::time::Instant::now());
         }
-        self.refresh(conn_id, seen_record).await
+        self.run(conn_id, Trigger::Stale(seen_record), "after_401")
+            .await
     }
 
     /// Refreshes the connection unless someone else did while we waited (`seen_record` is
@@ -185,22 +186,39 @@ impl Refresher {
         conn_id: &str,
         seen_record: Option<&str>,
     ) -> Result<(), RefreshError> {
-        self.run(conn_id, Trigger::Stale(seen_record)).await
+        self.run(conn_id, Trigger::Stale(seen_record), "on_demand")
+            .await
+    }
+
+    /// As `refresh`, asked for by an admin (`connection refresh`, the console).
+    pub async fn refresh_by_admin(
+        &self,
+        conn_id: &str,
+        seen_record: Option<&str>,
+    ) -> Result<(), RefreshError> {
+        self.run(conn_id, Trigger::Stale(seen_record), "admin")
+            .await
     }
 
     /// The scheduler's refresh: only if the connection is still due.
     pub async fn refresh_due(&self, conn_id: &str) -> Result<(), RefreshError> {
-        self.run(conn_id, Trigger::Due).await
+        self.run(conn_id, Trigger::Due, "scheduled").await
     }
 
-    async fn run(&self, conn_id: &str, trigger: Trigger<'_>) -> Result<(), RefreshError> {
+    /// `why` names the trigger in the audit entry.
+    async fn run(
+        &self,
+        conn_id: &str,
+        trigger: Trigger<'_>,
+        why: &'static str,
+    ) -> Result<(), RefreshError> {
         let flight = {
             let mut m = self.flights.lock().map_err(internal)?;
             m.entry(conn_id.to_owned()).or_default().clone()
         };
         let result = {
             let _turn = flight.lock().await;
-            self.run_alone(conn_id, trigger).await
+            self.run_alone(conn_id, trigger, why).await
         };
         // The map keeps only flights someone is in or waiting for.
         if let Ok(mut m) = self.flights.lock()
@@ -211,7 +229,12 @@ impl Refresher {
         result
     }
 
-    async fn run_alone(&self, conn_id: &str, trigger: Trigger<'_>) -> Result<(), RefreshError> {
+    async fn run_alone(
+        &self,
+        conn_id: &str,
+        trigger: Trigger<'_>,
+        why: &'static str,
+    ) -> Result<(), RefreshError> {
         let g = self.gateway.clone();
         let id = conn_id.to_owned();
         let conn = tokio::task::spawn_blocking(move || g.store.read()?.connection(&id))
@@ -361,6 +384,7 @@ impl Refresher {
                                 Event::new(SYSTEM, "oauth.refresh", &c.id, "ok")
                                     .detail("service", &c.service)
                                     .detail("rotated", if rotated { "yes" } else { "no" })
+                                    .detail("trigger", why)
                                     .detail("token", &fp),
                             )
                             .map(drop)
@@ -408,11 +432,18 @@ impl Refresher {
                             } else {
                                 c.strikes + 1
                             };
-                            c.refresh = Default::default();
+                            // Strikes are spaced out too: a passing misconfiguration (a wrong
+                            // client secret answers invalid_client) must not use up all three
+                            // in a moment.
+                            c.refresh = crate::store::RefreshState {
+                                retry_at: Some(received + backoff(c.strikes, None, random_unit())),
+                                ..Default::default()
+                            };
                             c.updated = t.now;
                             let mut ev = Event::new(SYSTEM, "oauth.refresh", &c.id, "rejected")
                                 .detail("service", &c.service)
                                 .detail("strikes", c.strikes.to_string())
+                                .detail("trigger", why)
                                 .detail("reason", &r2);
                             if c.strikes >= MAX_STRIKES {
                                 c.status = ConnectionStatus::NeedsReauth;
@@ -493,6 +524,7 @@ impl Refresher {
                                 Event::new(SYSTEM, "oauth.refresh", &c.id, "transient")
                                     .detail("service", &c.service)
                                     .detail("failures", failures.to_string())
+                                    .detail("trigger", why)
                                     .detail("retry_in_secs", wait.whole_seconds().to_string())
                                     .detail("reason", &r2),
                             )

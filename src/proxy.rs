@@ -227,7 +227,7 @@ impl Proxy {
             ));
         }
         self.refresher
-            .refresh(id, conn.secret_record.as_deref())
+            .refresh_by_admin(id, conn.secret_record.as_deref())
             .await
             .map_err(|e| e.to_string())
     }

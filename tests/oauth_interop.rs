@@ -105,6 +105,16 @@ fn setup_with(n_ops: usize, access_ttl: u64, mcp_url: &str) -> Setup {
 
 /// `proactive`: whether the refresh scheduler runs (off to test on-demand refresh alone).
 fn setup_full(n_ops: usize, access_ttl: u64, mcp_url: &str, proactive: bool) -> Setup {
+    setup_limits(
+        n_ops,
+        access_ttl,
+        mcp_url,
+        &format!("proactive_refresh = {proactive}\n"),
+    )
+}
+
+/// `limits`: extra lines for the `[limits]` table.
+fn setup_limits(n_ops: usize, access_ttl: u64, mcp_url: &str, limits: &str) -> Setup {
     let gw = free_port();
     let base = format!("http://127.0.0.1:{gw}");
     let tmp = tempfile::tempdir().unwrap();
@@ -113,7 +123,7 @@ fn setup_full(n_ops: usize, access_ttl: u64, mcp_url: &str, proactive: bool) -> 
         .collect();
     // 64 concurrent calls from one agent in the refresh test: lift the per-agent cap (32).
     let mut config = format!(
-        "listen = \"127.0.0.1:{gw}\"\npublic_url = \"{base}\"\n[limits]\nmax_streams_per_agent = 128\nproactive_refresh = {proactive}\n"
+        "listen = \"127.0.0.1:{gw}\"\npublic_url = \"{base}\"\n[limits]\nmax_streams_per_agent = 128\n{limits}"
     );
     for (i, op) in ops.iter().enumerate() {
         let suffix = if i == 0 {
@@ -726,4 +736,283 @@ async fn login_posted_from_another_site_is_refused() {
         .await
         .unwrap();
     assert_eq!(r.status(), 303);
+}
+
+impl Op {
+    async fn stat(&self, key: &str) -> u64 {
+        let v: serde_json::Value = reqwest::get(format!("{}/test/stats", self.issuer()))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        v[key].as_u64().unwrap_or(0)
+    }
+}
+
+async fn wait_for(what: &str, limit: Duration, mut cond: impl AsyncFnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !cond().await {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+fn audit_entries(s: &Setup, action: &str, outcome: &str) -> Vec<serde_json::Value> {
+    let all: Vec<serde_json::Value> =
+        serde_json::from_str(&s.inst.ok(&["audit", "list", "--json"], b"")).unwrap();
+    all.into_iter()
+        .filter(|e| e["action"] == action && e["outcome"] == outcome)
+        .collect()
+}
+
+async fn whoami(s: &Setup, token: &str, id: u64) -> (u16, String) {
+    let r = reqwest::Client::new()
+        .post(format!("{}/mcp/files", s.base))
+        .bearer_auth(token)
+        .header("content-type", "application/json")
+        .header("mcp-protocol-version", "2025-11-25")
+        .body(
+            serde_json::json!({"jsonrpc":"2.0","id":id,"method":"tools/call","params":{"name":"whoami","arguments":{}}})
+                .to_string(),
+        )
+        .send()
+        .await
+        .unwrap();
+    let st = r.status().as_u16();
+    (st, r.text().await.unwrap())
+}
+
+/// The scheduler refreshes ahead of use (4 s tokens, refreshed at about 80%): a steady agent
+/// load never meets an expired token, so the introspecting upstream never answers 401.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proactive_refresh_keeps_a_steady_load_free_of_401s() {
+    let issuer = Arc::new(tokio::sync::OnceCell::new());
+    let up = introspecting_upstream(issuer.clone()).await;
+    let s = setup_with(1, 4, &format!("http://127.0.0.1:{up}/mcp"));
+    issuer.set(s.ops[0].issuer()).unwrap();
+    let mut b = s.browser("alice").await;
+    let cb = s.authorize(&mut b, "files").await;
+    assert_eq!(b.get(&cb).await.status, 303);
+    let token = s
+        .inst
+        .ok(&["agent", "add", "steady", "--user", "alice"], b"")
+        .trim()
+        .to_owned();
+    let started = Instant::now();
+    let mut calls = 0;
+    while started.elapsed() < Duration::from_secs(14) {
+        calls += 1;
+        let (st, body) = whoami(&s, &token, calls).await;
+        assert_eq!(st, 200, "call {calls}: {body}");
+        assert!(body.contains("alice"), "call {calls}: {body}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let refreshed: Vec<_> = audit_entries(&s, "oauth.refresh", "ok")
+        .into_iter()
+        .filter(|e| e["details"]["trigger"] == "scheduled")
+        .collect();
+    assert!(
+        refreshed.len() >= 3,
+        "14 s of 4 s tokens needs at least 3 refreshes ahead of use: {refreshed:?}"
+    );
+    let calls_refused = audit_entries(&s, "mcp.call", "upstream_401").len();
+    assert_eq!(calls_refused, 0, "an agent call met an expired token");
+    assert_eq!(s.connections()[0]["status"], "active");
+}
+
+/// I17 against oidc-provider: a token endpoint answering 503 is backed off (visible in the
+/// audit log) and revokes nobody; once it recovers, refresh resumes. Then the user revokes the
+/// app at the provider: three spaced strikes, `needs_reauth` with the reason, a revocation
+/// attempt at the provider, and the agent's next call gets the reconnect elicitation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outage_backs_off_and_a_revoked_grant_ends_in_reconnect() {
+    let issuer = Arc::new(tokio::sync::OnceCell::new());
+    let up = introspecting_upstream(issuer.clone()).await;
+    let s = setup_with(1, 4, &format!("http://127.0.0.1:{up}/mcp"));
+    let op = &s.ops[0];
+    issuer.set(op.issuer()).unwrap();
+    let mut b = s.browser("alice").await;
+    let cb = s.authorize(&mut b, "files").await;
+    assert_eq!(b.get(&cb).await.status, 303);
+    let token = s
+        .inst
+        .ok(&["agent", "add", "worker", "--user", "alice"], b"")
+        .trim()
+        .to_owned();
+    assert_eq!(whoami(&s, &token, 1).await.0, 200);
+
+    op.mode(serde_json::json!({"token_unavailable": true}))
+        .await;
+    wait_for("two 503 answers", Duration::from_secs(40), async || {
+        op.stat("unavailable_answers").await >= 2
+    })
+    .await;
+    let transient = audit_entries(&s, "oauth.refresh", "transient");
+    assert!(transient.len() >= 2, "{transient:?}");
+    let waits: Vec<u64> = transient
+        .iter()
+        .map(|e| {
+            e["details"]["retry_in_secs"]
+                .as_str()
+                .unwrap()
+                .parse()
+                .unwrap()
+        })
+        .collect();
+    assert!(waits[1] > waits[0], "backoff grows: {waits:?}");
+    let c = &s.connections()[0];
+    assert_eq!(c["status"], "active", "an outage revoked a connection");
+    assert!(audit_entries(&s, "oauth.refresh", "rejected").is_empty());
+
+    op.mode(serde_json::json!({})).await;
+    let before = audit_entries(&s, "oauth.refresh", "ok").len();
+    wait_for(
+        "refresh after the outage",
+        Duration::from_secs(45),
+        async || audit_entries(&s, "oauth.refresh", "ok").len() > before,
+    )
+    .await;
+    let (st, body) = whoami(&s, &token, 2).await;
+    assert_eq!(st, 200, "{body}");
+    assert!(body.contains("alice"));
+
+    let revocations = op.stat("revocations").await;
+    reqwest::Client::new()
+        .post(format!("{}/test/revoke-grants", op.issuer()))
+        .send()
+        .await
+        .unwrap();
+    wait_for("needs_reauth", Duration::from_secs(60), async || {
+        s.connections()[0]["status"] == "needs_reauth"
+    })
+    .await;
+    let rejected = audit_entries(&s, "oauth.refresh", "rejected");
+    assert_eq!(rejected.len(), 3, "{rejected:?}");
+    let times: Vec<time::OffsetDateTime> = rejected
+        .iter()
+        .map(|e| {
+            time::OffsetDateTime::parse(
+                e["time"].as_str().unwrap(),
+                &time::format_description::well_known::Rfc3339,
+            )
+            .unwrap()
+        })
+        .collect();
+    assert!(
+        times[2] - times[0] >= time::Duration::seconds(5),
+        "strikes were not spaced: {times:?}"
+    );
+    assert!(
+        op.stat("revocations").await > revocations,
+        "no revocation attempt at the provider"
+    );
+    let (st, body) = whoami(&s, &token, 3).await;
+    assert_eq!(st, 200);
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["error"]["code"], -32042, "{body}");
+}
+
+/// I16 under SIGKILL: a refresh is started and the gateway killed at a seeded random moment
+/// (`SCOPEGATE_KILL_RUNS` runs, 30 here; the run used 100), then restarted. Every run
+/// ends with the connection either working — its access token accepted upstream and its
+/// stored refresh token accepted by the provider — or `needs_reauth` with a reason; the
+/// restart makes at most one token request by itself (no loop against reuse detection).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_during_refresh_loses_nothing_and_never_loops() {
+    let runs = std::env::var("SCOPEGATE_KILL_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(30u64);
+    let seed = harness::seed("SCOPEGATE_KILL_SEED", 0x5eed_cafe);
+    let mut rng = harness::Rng::new(seed);
+    let issuer = Arc::new(tokio::sync::OnceCell::new());
+    let up = introspecting_upstream(issuer.clone()).await;
+    // Long-lived tokens and no start-up spreading: the only refreshes are the ones started
+    // here and the recovery of a lost outcome at start.
+    let mut s = setup_limits(
+        1,
+        3600,
+        &format!("http://127.0.0.1:{up}/mcp"),
+        "refresh_startup_spread_secs = 0\n",
+    );
+    let op_issuer = s.ops[0].issuer();
+    issuer.set(op_issuer.clone()).unwrap();
+    let mut b = s.browser("alice").await;
+    let cb = s.authorize(&mut b, "files").await;
+    assert_eq!(b.get(&cb).await.status, 303);
+    let token = s
+        .inst
+        .ok(&["agent", "add", "worker", "--user", "alice"], b"")
+        .trim()
+        .to_owned();
+    let live = |s: &Setup| {
+        s.connections()
+            .into_iter()
+            .find(|c| c["status"] != "revoked")
+            .unwrap()
+    };
+    let (mut working, mut reauth, mut killed_mid_flight) = (0, 0, 0);
+    for i in 0..runs {
+        let id = live(&s)["id"].as_str().unwrap().to_owned();
+        let mut child = s
+            .inst
+            .command()
+            .args(["connection", "refresh", &id])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        tokio::time::sleep(Duration::from_micros(rng.below(60_000))).await;
+        s.server.kill9();
+        let _ = child.wait();
+        let before = s.ops[0].token_requests().await;
+        s.server = s.inst.start_with(|c| {
+            c.env("SCOPEGATE_TEST_CORP_SECRET", CLIENT_SECRET);
+        });
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let settled = loop {
+            let c = live(&s);
+            let in_flight = c["refresh"]["in_flight_since"].is_string();
+            if c["status"] == "needs_reauth" || (c["status"] == "active" && !in_flight) {
+                break c;
+            }
+            assert!(Instant::now() < deadline, "run {i}: never settled: {c}");
+            if in_flight {
+                killed_mid_flight += 1;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        let by_itself = s.ops[0].token_requests().await - before;
+        assert!(
+            by_itself <= 1,
+            "run {i}: the restart made {by_itself} token requests"
+        );
+        if settled["status"] == "needs_reauth" {
+            let reason = settled["status_reason"].as_str().unwrap_or("");
+            assert!(!reason.is_empty(), "run {i}: needs_reauth without a reason");
+            reauth += 1;
+            let mut b = s.browser("alice").await;
+            let cb = s.authorize(&mut b, "files").await;
+            assert_eq!(b.get(&cb).await.status, 303, "run {i}: reconnect failed");
+            continue;
+        }
+        // Working: the access token is accepted upstream, and the refresh token the vault
+        // holds is the provider's current one (a lost rotation would fail here).
+        let (st, body) = whoami(&s, &token, 1000 + i).await;
+        assert_eq!(st, 200, "run {i}: {body}");
+        assert!(body.contains("alice"), "run {i}: {body}");
+        let id = settled["id"].as_str().unwrap().to_owned();
+        let out = s.inst.run(&["connection", "refresh", &id], b"");
+        assert!(
+            out.status.success(),
+            "run {i}: the stored refresh token was not accepted: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        working += 1;
+    }
+    println!(
+        "{runs} SIGKILLs during refresh (seed {seed:#x}): {working} working, {reauth} needs_reauth with a reason, {killed_mid_flight} polls saw a marker"
+    );
+    assert_eq!(working + reauth, runs);
 }

@@ -77,6 +77,10 @@ pub fn connection(dir: &DataDir, cmd: ConnectionCmd) -> anyhow::Result<()> {
             call::<serde_json::Value>(&socket, &Request::ConnectionRevoke { id: id.clone() })?;
             println!("revoked connection {id}");
         }
+        ConnectionCmd::Refresh { id } => {
+            call::<serde_json::Value>(&socket, &Request::ConnectionRefresh { id: id.clone() })?;
+            println!("refreshed connection {id}");
+        }
     }
     Ok(())
 }

@@ -713,6 +713,7 @@ pub(crate) mod tests {
             access_expires: None,
             last_refresh: None,
             strikes: 0,
+            refresh: Default::default(),
         }
     }
 

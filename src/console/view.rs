@@ -279,10 +279,11 @@ fn connections(m: &Model, f: &mut Frame, area: Rect) {
         &rows,
         |i| {
             let c = &m.connections[i];
-            let note = match (&c.status_reason, c.rotation_due) {
-                (_, true) => "key rotation due".to_owned(),
-                (Some(r), false) => safe(r).into_owned(),
-                (None, false) => safe(&c.scopes.join(" ")).into_owned(),
+            let note = match (&c.status_reason, c.rotation_due, &c.refresh.degraded) {
+                (_, true, _) => "key rotation due".to_owned(),
+                (Some(r), false, _) => safe(r).into_owned(),
+                (None, false, Some(d)) => format!("degraded: {}", safe(d)),
+                (None, false, None) => safe(&c.scopes.join(" ")).into_owned(),
             };
             let last = if c.kind == crate::store::ConnectionKind::ApiKey {
                 "api key".to_owned()
@@ -520,6 +521,7 @@ fn detail(m: &Model, f: &mut Frame) {
                     kv("kind", format!("{:?}", c.kind).to_lowercase()),
                     kv("status", c.status.as_str()),
                     kv("reason", safe(c.status_reason.as_deref().unwrap_or("-"))),
+                    kv("degraded", safe(c.refresh.degraded.as_deref().unwrap_or("-"))),
                     kv("scopes", safe(&c.scopes.join(" "))),
                     // A keyed fingerprint identifies the secret without revealing it.
                     kv(
@@ -696,6 +698,7 @@ mod tests {
             access_expires: Some(now + time::Duration::seconds(724)),
             last_refresh: Some(now - time::Duration::seconds(3000)),
             strikes: 0,
+            refresh: Default::default(),
         };
         let mut bad = c("c2", "bob", "calendar", ConnectionStatus::NeedsReauth);
         bad.status_reason = Some("refresh rejected 3 times (invalid_grant)\u{1b}[31m".into());

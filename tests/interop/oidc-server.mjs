@@ -5,6 +5,8 @@
 // The login and consent interactions are completed by this script as the test directs:
 //   POST /test/mode {"grant": ["files.read"]}  grant only these scopes
 //   POST /test/mode {"deny": true}            the user denies
+//   POST /test/mode {"token_unavailable": true}  the token endpoint answers 503 (Retry-After: 1)
+//   POST /test/revoke-grants                  the user revokes the app at the provider
 // and GET /test/stats counts token-endpoint requests, so tests can prove none was made, and
 // names the scopes the last consent prompt asked for.
 //
@@ -14,8 +16,9 @@ import Provider from 'oidc-provider';
 
 const port = Number(process.env.PORT);
 const issuer = `http://127.0.0.1:${port}`;
-const mode = { grant: null, deny: false };
-const stats = { token_requests: 0, revocations: 0, introspections: 0, consent_asked: [] };
+const mode = { grant: null, deny: false, token_unavailable: false };
+const grants = [];
+const stats = { token_requests: 0, revocations: 0, introspections: 0, consent_asked: [], unavailable_answers: 0 };
 
 const provider = new Provider(issuer, {
   clients: [{
@@ -59,6 +62,7 @@ async function interaction(req, res) {
   const rejected = asked.filter((s) => !granted.includes(s));
   if (rejected.length) grant.rejectOIDCScope(rejected.join(' '));
   const grantId = await grant.save();
+  grants.push(grantId);
   return provider.interactionFinished(req, res, { consent: { grantId } }, { mergeWithLastSubmission: true });
 }
 
@@ -75,12 +79,26 @@ const server = http.createServer(async (req, res) => {
       const m = JSON.parse(body || '{}');
       mode.grant = m.grant ?? null;
       mode.deny = Boolean(m.deny);
+      mode.token_unavailable = Boolean(m.token_unavailable);
+      return res.end('ok');
+    }
+    if (req.url === '/test/revoke-grants' && req.method === 'POST') {
+      for (const id of grants.splice(0)) {
+        const g = await provider.Grant.find(id);
+        if (g) await g.destroy();
+      }
       return res.end('ok');
     }
     if (req.url.startsWith('/interaction/')) return await interaction(req, res);
     const path = req.url.split('?')[0];
     if (path === '/auth') stats.consent_asked = null; // each authorization request starts afresh
     if (path === '/token') stats.token_requests += 1;
+    if (path === '/token' && mode.token_unavailable) {
+      stats.unavailable_answers += 1;
+      res.statusCode = 503;
+      res.setHeader('retry-after', '1');
+      return res.end('{"error":"temporarily_unavailable"}');
+    }
     if (path === '/token/revocation') stats.revocations += 1;
     if (path === '/token/introspection') stats.introspections += 1;
     return callback(req, res);
