@@ -11,6 +11,7 @@
 
 pub mod agents;
 pub mod connect;
+pub mod provider_events;
 
 use std::collections::BTreeSet;
 
@@ -274,6 +275,7 @@ impl Gateway {
                         issuer: None,
                         strikes: 0,
                         last_refresh: None,
+                        subject: None,
                     },
                     None,
                     "apikey.set",

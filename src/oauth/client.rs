@@ -15,7 +15,7 @@ use super::provider::{
     metadata_urls, resolve_static,
 };
 use super::token::{self, TokenError, TokenResponse};
-use crate::config::{ClientSecretSource, Provider, ProviderEndpoints};
+use crate::config::{Provider, ProviderEndpoints};
 use crate::secret::ClientSecret;
 
 const METADATA_CAP: usize = 256 * 1024;
@@ -40,31 +40,10 @@ pub struct ClientCredentials {
 impl ClientCredentials {
     /// Reads the secret from the env var or file the config names, at the moment of use.
     pub fn load(provider_name: &str, p: &Provider) -> Result<Self, ExchangeError> {
-        let secret = match &p.client_secret {
-            ClientSecretSource::None => None,
-            ClientSecretSource::Generated(s) => Some(s.clone()),
-            ClientSecretSource::Env(var) => Some(ClientSecret::new(
-                std::env::var(var)
-                    .map_err(|_| {
-                        ExchangeError::Credentials(format!(
-                            "provider {provider_name}: environment variable {var} is not set"
-                        ))
-                    })?
-                    .into_bytes(),
-            )),
-            ClientSecretSource::File(path) => {
-                let mut bytes = std::fs::read(path).map_err(|e| {
-                    ExchangeError::Credentials(format!(
-                        "provider {provider_name}: cannot read {}: {e}",
-                        path.display()
-                    ))
-                })?;
-                while matches!(bytes.last(), Some(b'\n' | b'\r')) {
-                    bytes.pop();
-                }
-                Some(ClientSecret::new(bytes))
-            }
-        };
+        let secret = p
+            .client_secret
+            .read(provider_name)
+            .map_err(ExchangeError::Credentials)?;
         Ok(Self {
             client_id: p.client_id.clone(),
             secret,
@@ -299,6 +278,34 @@ impl OAuthClient {
             "revocation answered HTTP {}",
             status.as_u16()
         )))
+    }
+
+    /// The numeric GitHub user id behind a token (`GET /user`), which `github_app_authorization`
+    /// webhooks name as `sender.id`.
+    pub async fn github_user_id(&self, access_token: &[u8]) -> Result<String, ExchangeError> {
+        let token = zeroize::Zeroizing::new(String::from_utf8_lossy(access_token).into_owned());
+        let resp = self
+            .http
+            .get("https://api.github.com/user")
+            .bearer_auth(token.as_str())
+            .header("Accept", "application/vnd.github+json")
+            .send()
+            .await
+            .map_err(|e| ExchangeError::Network(e.without_url().to_string()))?;
+        if !resp.status().is_success() {
+            return Err(ExchangeError::Network(format!(
+                "GET /user answered HTTP {}",
+                resp.status().as_u16()
+            )));
+        }
+        let body = read_capped(resp, METADATA_CAP)
+            .await
+            .map_err(ExchangeError::Network)?;
+        serde_json::from_slice::<serde_json::Value>(&body)
+            .ok()
+            .and_then(|v| v.get("id").and_then(serde_json::Value::as_u64))
+            .map(|id| id.to_string())
+            .ok_or_else(|| ExchangeError::Network("GET /user has no numeric id".into()))
     }
 
     pub async fn revoke_refresh_then_access(

@@ -80,6 +80,21 @@ pub struct Connection {
     pub strikes: u32,
     #[serde(with = "time::serde::rfc3339::option", default)]
     pub last_refresh: Option<OffsetDateTime>,
+    /// Who the account is at the provider, so its revocation events find this connection (I18).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject: Option<ProviderSubject>,
+}
+
+/// The provider's own ids for the account behind a connection: a GitHub user id, a Slack team
+/// and user id, an OpenID Connect `sub`. Identifiers, not credentials.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ProviderSubject {
+    /// The config's provider name at connect time.
+    pub provider: String,
+    /// Slack workspace (`team.id`), for `app_uninstalled` and per-team user ids.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub team: Option<String>,
+    pub id: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]

@@ -1,0 +1,163 @@
+//! `/webhooks/*`: HTTP glue for provider revocation signals (I18). Each handler verifies the
+//! sender's signature over the raw body before it parses anything, then hands the event to
+//! `gateway::provider_events`. A request that does not verify changes nothing: it is refused
+//! and logged (without the signature or any secret), never audited, so forged traffic cannot
+//! grow the audit log.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+
+use crate::config::{Preset, ProviderEndpoints};
+use crate::gateway::Gateway;
+use crate::gateway::provider_events::{Affected, Revocation};
+use crate::secret::ClientSecret;
+use crate::webhooks::github::{self, GithubEvent};
+use crate::webhooks::{MAX_BODY_BYTES, ReplayGuard};
+
+/// GitHub redelivers by hand or within hours; remember delivery ids for a day.
+const GITHUB_DELIVERY_TTL: Duration = Duration::from_secs(24 * 3600);
+const REPLAY_CAP: usize = 50_000;
+
+pub struct Webhooks {
+    gateway: Arc<Gateway>,
+    seen: Mutex<ReplayGuard>,
+}
+
+pub fn routes(gateway: Arc<Gateway>) -> Router {
+    let w = Arc::new(Webhooks {
+        gateway,
+        seen: Mutex::new(ReplayGuard::new(GITHUB_DELIVERY_TTL, REPLAY_CAP)),
+    });
+    Router::new()
+        .route("/webhooks/github", post(github_hook))
+        .with_state(w)
+}
+
+impl Webhooks {
+    /// The webhook secrets of the configured providers that `preset` selects, read now (so a
+    /// rotated secret file takes effect without a restart). A secret that cannot be read is
+    /// logged by name and skipped.
+    fn secrets(&self, preset: impl Fn(&Preset) -> bool) -> Vec<(String, ClientSecret)> {
+        let mut out = Vec::new();
+        for (name, p) in &self.gateway.config.providers {
+            let ProviderEndpoints::Preset(kind) = &p.endpoints else {
+                continue;
+            };
+            if !preset(kind) {
+                continue;
+            }
+            match p.webhook_secret.read(name) {
+                Ok(Some(s)) if !s.is_empty() => out.push((name.clone(), s)),
+                Ok(_) => {}
+                Err(e) => tracing::error!(error = %e, "webhook secret unavailable"),
+            }
+        }
+        out
+    }
+
+    fn first_sight(&self, key: &[u8]) -> bool {
+        self.seen
+            .lock()
+            .map(|mut g| g.first_sight(key, Instant::now()))
+            .unwrap_or(false)
+    }
+
+    fn forget(&self, key: &[u8]) {
+        if let Ok(mut g) = self.seen.lock() {
+            g.forget(key);
+        }
+    }
+
+    async fn revoke(&self, ev: Revocation) -> Result<usize, ()> {
+        let g = self.gateway.clone();
+        match tokio::task::spawn_blocking(move || g.apply_revocation(&ev)).await {
+            Ok(Ok(o)) => Ok(o.cleaned.len()),
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "provider revocation could not be applied");
+                Err(())
+            }
+            Err(_) => Err(()),
+        }
+    }
+}
+
+fn header<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    h.get(name).and_then(|v| v.to_str().ok())
+}
+
+fn text(status: StatusCode, body: &'static str) -> Response {
+    (status, body).into_response()
+}
+
+async fn github_hook(State(w): State<Arc<Webhooks>>, h: HeaderMap, body: Bytes) -> Response {
+    if body.len() > MAX_BODY_BYTES {
+        return text(StatusCode::PAYLOAD_TOO_LARGE, "payload too large\n");
+    }
+    let secrets = w.secrets(|p| matches!(p, Preset::Github | Preset::GithubApp));
+    if secrets.is_empty() {
+        return text(StatusCode::NOT_FOUND, "no GitHub webhook is configured\n");
+    }
+    let sig = header(&h, "x-hub-signature-256");
+    let verified: Vec<String> = secrets
+        .iter()
+        .filter(|(_, s)| github::verify(s.expose_secret(), &body, sig).is_ok())
+        .map(|(n, _)| n.clone())
+        .collect();
+    if verified.is_empty() {
+        let why = if sig.is_none() {
+            "unsigned"
+        } else {
+            "bad signature"
+        };
+        tracing::warn!(reason = why, "GitHub webhook refused");
+        return text(StatusCode::UNAUTHORIZED, "signature verification failed\n");
+    }
+    let event = header(&h, "x-github-event").unwrap_or("");
+    if event == "ping" {
+        return text(StatusCode::OK, "pong\n");
+    }
+    let user_id = match github::parse(event, &body) {
+        Ok(GithubEvent::AuthorizationRevoked { user_id }) => user_id,
+        Ok(GithubEvent::Ignored) => return text(StatusCode::ACCEPTED, "ignored\n"),
+        Err(e) => {
+            tracing::warn!(error = %e, "GitHub webhook malformed");
+            return text(StatusCode::BAD_REQUEST, "malformed payload\n");
+        }
+    };
+    // GitHub's signature covers no timestamp or id: the delivery id (unsigned) only catches
+    // redeliveries; a repeated revocation is harmless to a connection that is already gone.
+    let delivery = header(&h, "x-github-delivery").and_then(crate::oauth::token::identifier);
+    let key = delivery.as_ref().map(|d| format!("github:{d}"));
+    if let Some(k) = &key
+        && !w.first_sight(k.as_bytes())
+    {
+        return text(StatusCode::OK, "duplicate delivery\n");
+    }
+    let ev = Revocation {
+        source: "github",
+        providers: verified,
+        kind: "github_app_authorization.revoked".into(),
+        affected: vec![Affected::Account {
+            team: None,
+            id: user_id,
+        }],
+        event_id: delivery,
+        occurred: None,
+    };
+    match w.revoke(ev).await {
+        Ok(_) => text(StatusCode::OK, "ok\n"),
+        Err(()) => {
+            if let Some(k) = &key {
+                w.forget(k.as_bytes());
+            }
+            text(StatusCode::INTERNAL_SERVER_ERROR, "internal error\n")
+        }
+    }
+}

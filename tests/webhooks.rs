@@ -1,0 +1,259 @@
+//! Provider revocation webhooks (I18), in-process through the router: a verified signal cleans
+//! up exactly the named account's connections; forged, unsigned, tampered, stale and replayed
+//! requests change nothing (store, vault and audit log compared before and after).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use hmac::{Hmac, Mac};
+use scopegate::config::Config;
+use scopegate::gateway::Gateway;
+use scopegate::oauth::token::{TokenResponse, TokenType};
+use scopegate::secret::{AccessToken, Passphrase, RefreshToken};
+use scopegate::store::{ConnectionStatus, PendingAuthorization, Store};
+use scopegate::vault::{KdfParams, Vault};
+use sha2::Sha256;
+use tower::ServiceExt;
+
+const GITHUB_SECRET: &str = "gh-webhook-secret-for-tests";
+const SLACK_SECRET: &str = "8f742231b10e8888abcd99yyyzzz85a5";
+
+struct Fixture {
+    _t: tempfile::TempDir,
+    g: Arc<Gateway>,
+    /// One router for the whole test, so its replay memory persists between requests.
+    app: axum::Router,
+}
+
+fn fixture(extra: &str) -> Fixture {
+    let t = tempfile::tempdir().unwrap();
+    let dir = t.path().to_owned();
+    std::fs::write(dir.join("gh.secret"), format!("{GITHUB_SECRET}\n")).unwrap();
+    std::fs::write(dir.join("slack.secret"), SLACK_SECRET).unwrap();
+    let config = format!(
+        "[providers.gh]\npreset = \"github\"\nclient_id = \"c\"\nwebhook_secret_file = \"{d}/gh.secret\"\n\
+         [providers.slack]\npreset = \"slack\"\nclient_id = \"c\"\nwebhook_secret_file = \"{d}/slack.secret\"\n\
+         [services.repos]\nprovider = \"gh\"\nmcp_url = \"http://127.0.0.1:9/mcp\"\n\
+         [services.chat]\nprovider = \"slack\"\nmcp_url = \"http://127.0.0.1:9/mcp\"\n{extra}",
+        d = dir.display()
+    );
+    let vault = Vault::create(
+        &dir.join("secrets.redb"),
+        &Passphrase::new(b"pw for tests".to_vec()),
+        KdfParams::FLOOR,
+    )
+    .unwrap();
+    let store = Store::create(
+        &dir.join("scopegate.redb"),
+        vault.pairing_id(),
+        vault.audit_head_key(),
+    )
+    .unwrap();
+    let g = Gateway::new(Config::parse(&config, "t").unwrap(), vault, store);
+    let g = Arc::new(g);
+    Fixture {
+        _t: t,
+        app: scopegate::web::webhooks::routes(g.clone()),
+        g,
+    }
+}
+
+/// A finished OAuth connection for `user` to `service`, as the callback would record it.
+fn connect(
+    g: &Gateway,
+    user: &str,
+    service: &str,
+    subject: &str,
+    team: Option<&str>,
+) -> scopegate::store::Connection {
+    let u = match g.users().unwrap().into_iter().find(|u| u.name == user) {
+        Some(u) => u,
+        None => g.user_add(user).unwrap(),
+    };
+    let pending = PendingAuthorization {
+        state_hash: "h".into(),
+        user_id: u.id.clone(),
+        service: service.into(),
+        browser_session_hash: "s".into(),
+        verifier_record: "pending/x".into(),
+        issuer: None,
+        iss_required: false,
+        scopes: vec![],
+        redirect_uri: "http://127.0.0.1/cb".into(),
+        expires: time::OffsetDateTime::now_utc(),
+    };
+    let tokens = TokenResponse {
+        access_token: AccessToken::new(format!("at-{user}-{service}").into_bytes()),
+        token_type: TokenType::Bearer,
+        expires_in: Some(3600),
+        refresh_token: Some(RefreshToken::new(
+            format!("rt-{user}-{service}").into_bytes(),
+        )),
+        scope: None,
+        subject: Some(subject.into()),
+        team: team.map(str::to_owned),
+    };
+    g.finish_connect(&u, &pending, &tokens, vec![]).unwrap()
+}
+
+/// Everything a webhook could change: connections, sealed records, the audit log's length.
+fn snapshot(
+    g: &Gateway,
+) -> (
+    Vec<scopegate::store::Connection>,
+    std::collections::BTreeSet<String>,
+    u64,
+) {
+    let r = g.store.read().unwrap();
+    (
+        r.connections().unwrap(),
+        g.vault.records().unwrap(),
+        r.audit_len().unwrap(),
+    )
+}
+
+fn hmac_hex(key: &str, parts: &[&[u8]]) -> String {
+    let mut m = <Hmac<Sha256> as hmac::KeyInit>::new_from_slice(key.as_bytes()).unwrap();
+    for p in parts {
+        m.update(p);
+    }
+    m.finalize()
+        .into_bytes()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+async fn send(
+    f: &Fixture,
+    path: &str,
+    headers: &[(&str, String)],
+    body: &[u8],
+) -> (StatusCode, String) {
+    let app = f.app.clone();
+    let mut req = Request::post(path);
+    for (k, v) in headers {
+        req = req.header(*k, v);
+    }
+    let resp = app
+        .oneshot(req.body(Body::from(body.to_vec())).unwrap())
+        .await
+        .unwrap();
+    let status = resp.status();
+    let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20)
+        .await
+        .unwrap();
+    (status, String::from_utf8_lossy(&bytes).into_owned())
+}
+
+fn status_of(g: &Gateway, id: &str) -> ConnectionStatus {
+    g.store
+        .read()
+        .unwrap()
+        .connections()
+        .unwrap()
+        .into_iter()
+        .find(|c| c.id == id)
+        .unwrap()
+        .status
+}
+
+const GH_REVOKE: &[u8] =
+    br#"{"action":"revoked","sender":{"login":"octocat","id":583231,"type":"User"}}"#;
+
+fn gh_headers(sig: Option<String>, delivery: &str) -> Vec<(&'static str, String)> {
+    let mut h = vec![
+        ("x-github-event", "github_app_authorization".to_owned()),
+        ("x-github-delivery", delivery.to_owned()),
+        ("content-type", "application/json".to_owned()),
+    ];
+    if let Some(s) = sig {
+        h.push(("x-hub-signature-256", s));
+    }
+    h
+}
+
+#[tokio::test]
+async fn github_revocation_cleans_up_only_the_named_user() {
+    let f = fixture("");
+    let octo = connect(&f.g, "alice", "repos", "583231", None);
+    let other = connect(&f.g, "bob", "repos", "999", None);
+    let octo_record = octo.secret_record.clone().unwrap();
+    let sig = format!("sha256={}", hmac_hex(GITHUB_SECRET, &[GH_REVOKE]));
+    let (st, _) = send(
+        &f,
+        "/webhooks/github",
+        &gh_headers(Some(sig.clone()), "d-1"),
+        GH_REVOKE,
+    )
+    .await;
+    assert_eq!(st, StatusCode::OK);
+    assert_eq!(status_of(&f.g, &octo.id), ConnectionStatus::NeedsReauth);
+    assert_eq!(status_of(&f.g, &other.id), ConnectionStatus::Active);
+    let records = f.g.vault.records().unwrap();
+    assert!(
+        !records.contains(&octo_record),
+        "the revoked tokens are still sealed"
+    );
+    assert!(records.contains(other.secret_record.as_ref().unwrap()));
+    let audit = f.g.audit_after(0, 1000).unwrap();
+    let e = audit
+        .iter()
+        .rev()
+        .find(|e| e.action == "webhook.revocation")
+        .unwrap();
+    assert_eq!(e.details["connections"], octo.id);
+    let line = format!("{audit:?}");
+    assert!(
+        !line.contains("at-alice") && !line.contains("rt-alice") && !line.contains(GITHUB_SECRET)
+    );
+    // The same delivery again is acknowledged without a second entry.
+    let before = snapshot(&f.g);
+    let (st, body) = send(
+        &f,
+        "/webhooks/github",
+        &gh_headers(Some(sig), "d-1"),
+        GH_REVOKE,
+    )
+    .await;
+    assert_eq!(
+        (st, body.as_str()),
+        (StatusCode::OK, "duplicate delivery\n")
+    );
+    assert_eq!(snapshot(&f.g), before);
+}
+
+#[tokio::test]
+async fn forged_unsigned_and_tampered_github_deliveries_change_nothing() {
+    let f = fixture("");
+    connect(&f.g, "alice", "repos", "583231", None);
+    let before = snapshot(&f.g);
+    let good = hmac_hex(GITHUB_SECRET, &[GH_REVOKE]);
+    let tampered =
+        br#"{"action":"revoked","sender":{"login":"octocat","id":583232,"type":"User"}}"#;
+    let cases: Vec<(Option<String>, &[u8])> = vec![
+        (None, GH_REVOKE),
+        (
+            Some(format!("sha256={}", hmac_hex("wrong secret", &[GH_REVOKE]))),
+            GH_REVOKE,
+        ),
+        (Some(format!("sha256={good}")), tampered),
+        (Some(format!("sha1={good}")), GH_REVOKE),
+        (Some(good.clone()), GH_REVOKE),
+        (Some("sha256=".into()), GH_REVOKE),
+        (Some(format!("sha256={}", &good[..63])), GH_REVOKE),
+    ];
+    for (i, (sig, body)) in cases.into_iter().enumerate() {
+        let (st, _) = send(
+            &f,
+            "/webhooks/github",
+            &gh_headers(sig, &format!("f-{i}")),
+            body,
+        )
+        .await;
+        assert_eq!(st, StatusCode::UNAUTHORIZED, "case {i}");
+        assert_eq!(snapshot(&f.g), before, "case {i} changed something");
+    }
+}
