@@ -34,7 +34,7 @@ pub(crate) fn hmac_sha256_matches(key: &[u8], parts: &[&[u8]], presented_hex: &s
 }
 
 fn decode_hex(s: &str) -> Option<Vec<u8>> {
-    if s.len() % 2 != 0 || s.len() > 256 {
+    if !s.len().is_multiple_of(2) || s.len() > 256 {
         return None;
     }
     (0..s.len())

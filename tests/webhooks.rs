@@ -257,3 +257,172 @@ async fn forged_unsigned_and_tampered_github_deliveries_change_nothing() {
         assert_eq!(snapshot(&f.g), before, "case {i} changed something");
     }
 }
+
+fn now() -> i64 {
+    time::OffsetDateTime::now_utc().unix_timestamp()
+}
+
+fn slack_headers(ts: i64, body: &[u8], secret: &str) -> Vec<(&'static str, String)> {
+    let ts = ts.to_string();
+    let sig = format!(
+        "v0={}",
+        hmac_hex(secret, &[b"v0:", ts.as_bytes(), b":", body])
+    );
+    vec![
+        ("x-slack-request-timestamp", ts),
+        ("x-slack-signature", sig),
+        ("content-type", "application/json".to_owned()),
+    ]
+}
+
+fn slack_event(team: &str, event: &str, event_time: i64) -> Vec<u8> {
+    format!(
+        r#"{{"token":"legacy","team_id":"{team}","api_app_id":"A1","type":"event_callback","event_id":"Ev{event_time}","event_time":{event_time},"event":{event}}}"#
+    )
+    .into_bytes()
+}
+
+#[tokio::test]
+async fn slack_tokens_revoked_and_app_uninstalled_clean_up_the_named_accounts() {
+    let f = fixture("");
+    let alice = connect(&f.g, "alice", "chat", "U1", Some("T1"));
+    let bob = connect(&f.g, "bob", "chat", "U2", Some("T1"));
+    let carol = connect(&f.g, "carol", "chat", "U1", Some("T2"));
+    let gh = connect(&f.g, "dave", "repos", "U1", None);
+    let body = slack_event(
+        "T1",
+        r#"{"type":"tokens_revoked","tokens":{"oauth":["U1"],"bot":[]}}"#,
+        now(),
+    );
+    let (st, _) = send(
+        &f,
+        "/webhooks/slack",
+        &slack_headers(now(), &body, SLACK_SECRET),
+        &body,
+    )
+    .await;
+    assert_eq!(st, StatusCode::OK);
+    assert_eq!(status_of(&f.g, &alice.id), ConnectionStatus::NeedsReauth);
+    for other in [&bob, &carol, &gh] {
+        assert_eq!(
+            status_of(&f.g, &other.id),
+            ConnectionStatus::Active,
+            "{}",
+            other.user_id
+        );
+    }
+    assert!(
+        !f.g.vault
+            .records()
+            .unwrap()
+            .contains(alice.secret_record.as_ref().unwrap())
+    );
+    let body = slack_event("T1", r#"{"type":"app_uninstalled"}"#, now());
+    let (st, _) = send(
+        &f,
+        "/webhooks/slack",
+        &slack_headers(now(), &body, SLACK_SECRET),
+        &body,
+    )
+    .await;
+    assert_eq!(st, StatusCode::OK);
+    assert_eq!(status_of(&f.g, &bob.id), ConnectionStatus::NeedsReauth);
+    assert_eq!(status_of(&f.g, &carol.id), ConnectionStatus::Active);
+    assert_eq!(status_of(&f.g, &gh.id), ConnectionStatus::Active);
+}
+
+#[tokio::test]
+async fn slack_url_verification_is_answered_only_when_signed() {
+    let f = fixture("");
+    let body = br#"{"token":"x","challenge":"3eZbrw1aBm2rZgRNFdxV2595E9CY3gmdALWMmHkvFXO7tYXAYM8P","type":"url_verification"}"#;
+    let (st, text) = send(&f, "/webhooks/slack", &[], body).await;
+    assert_eq!(st, StatusCode::UNAUTHORIZED);
+    assert!(!text.contains("3eZbrw1a"));
+    let (st, text) = send(
+        &f,
+        "/webhooks/slack",
+        &slack_headers(now(), body, "wrong"),
+        body,
+    )
+    .await;
+    assert_eq!(st, StatusCode::UNAUTHORIZED);
+    assert!(!text.contains("3eZbrw1a"));
+    let (st, text) = send(
+        &f,
+        "/webhooks/slack",
+        &slack_headers(now(), body, SLACK_SECRET),
+        body,
+    )
+    .await;
+    assert_eq!(st, StatusCode::OK);
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(
+        v["challenge"],
+        "3eZbrw1aBm2rZgRNFdxV2595E9CY3gmdALWMmHkvFXO7tYXAYM8P"
+    );
+}
+
+#[tokio::test]
+async fn forged_stale_future_and_replayed_slack_requests_change_nothing() {
+    let f = fixture("");
+    let alice = connect(&f.g, "alice", "chat", "U1", Some("T1"));
+    let body = slack_event(
+        "T1",
+        r#"{"type":"tokens_revoked","tokens":{"oauth":["U1"]}}"#,
+        now() - 400,
+    );
+    let before = snapshot(&f.g);
+    let mut forged = slack_headers(now(), &body, SLACK_SECRET);
+    forged[0].1 = (now() - 1).to_string(); // the signed timestamp swapped
+    let cases: Vec<(&str, Vec<(&str, String)>)> = vec![
+        ("unsigned", vec![]),
+        (
+            "wrong secret",
+            slack_headers(now(), &body, "not-the-secret"),
+        ),
+        ("stale", slack_headers(now() - 301, &body, SLACK_SECRET)),
+        ("future", slack_headers(now() + 120, &body, SLACK_SECRET)),
+        ("timestamp swapped", forged),
+    ];
+    for (name, headers) in cases {
+        let (st, _) = send(&f, "/webhooks/slack", &headers, &body).await;
+        assert_eq!(st, StatusCode::UNAUTHORIZED, "{name}");
+        assert_eq!(snapshot(&f.g), before, "{name} changed something");
+    }
+    // A genuine, fresh request revokes; the user reconnects; the captured request replayed
+    // (same signature) and the old event re-signed later both leave the new grant alone.
+    let event = slack_event(
+        "T1",
+        r#"{"type":"tokens_revoked","tokens":{"oauth":["U1"]}}"#,
+        now() - 2,
+    );
+    let captured = slack_headers(now(), &event, SLACK_SECRET);
+    let (st, _) = send(&f, "/webhooks/slack", &captured, &event).await;
+    assert_eq!(st, StatusCode::OK);
+    assert_eq!(status_of(&f.g, &alice.id), ConnectionStatus::NeedsReauth);
+    let again = connect(&f.g, "alice", "chat", "U1", Some("T1"));
+    assert_eq!(again.status, ConnectionStatus::Active);
+    let before = snapshot(&f.g);
+    let (st, _) = send(&f, "/webhooks/slack", &captured, &event).await;
+    assert_eq!(st, StatusCode::OK);
+    assert_eq!(snapshot(&f.g), before, "the replay changed something");
+    let old = slack_event(
+        "T1",
+        r#"{"type":"tokens_revoked","tokens":{"oauth":["U1"]}}"#,
+        now() - 3600,
+    );
+    let (st, _) = send(
+        &f,
+        "/webhooks/slack",
+        &slack_headers(now(), &old, SLACK_SECRET),
+        &old,
+    )
+    .await;
+    assert_eq!(st, StatusCode::OK);
+    let (conns, records, _) = snapshot(&f.g);
+    assert_eq!(
+        (conns, records),
+        (before.0, before.1),
+        "an old event undid a reconnection"
+    );
+}

@@ -9,6 +9,11 @@ use super::{Gateway, GatewayError};
 use crate::store::audit::Event;
 use crate::store::{Connection, ConnectionStatus, ProviderSubject};
 
+/// The sender's clock and ours may disagree, and its times are whole seconds; a grant counts
+/// as later than an event only beyond this, since a missed revocation is worse than one
+/// reconnection too many.
+const CLOCK_TOLERANCE: time::Duration = time::Duration::minutes(5);
+
 /// Which accounts an event names, within the providers it was verified for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Affected {
@@ -42,8 +47,8 @@ pub struct Revocation {
     /// The sender's id for the event (delivery id, `event_id`, `jti`), when it has one.
     pub event_id: Option<String>,
     /// When the event happened, as signed by the sender. A connection whose tokens were issued
-    /// after it belongs to a later grant and is left alone, so a replayed or late event never
-    /// undoes a reconnection.
+    /// after it (beyond `CLOCK_TOLERANCE`) belongs to a later grant and is left alone, so a
+    /// replayed or late event never undoes a reconnection.
     pub occurred: Option<OffsetDateTime>,
 }
 
@@ -72,7 +77,7 @@ impl Gateway {
                     continue;
                 }
                 if let (Some(at), Some(set)) = (ev.occurred, c.secret_set_at)
-                    && set > at
+                    && set > at + CLOCK_TOLERANCE
                 {
                     outcome.newer += 1;
                     continue;

@@ -19,6 +19,7 @@ use crate::gateway::Gateway;
 use crate::gateway::provider_events::{Affected, Revocation};
 use crate::secret::ClientSecret;
 use crate::webhooks::github::{self, GithubEvent};
+use crate::webhooks::slack::{self, SlackEvent, SlackRefusal};
 use crate::webhooks::{MAX_BODY_BYTES, ReplayGuard};
 
 /// GitHub redelivers by hand or within hours; remember delivery ids for a day.
@@ -37,6 +38,7 @@ pub fn routes(gateway: Arc<Gateway>) -> Router {
     });
     Router::new()
         .route("/webhooks/github", post(github_hook))
+        .route("/webhooks/slack", post(slack_hook))
         .with_state(w)
 }
 
@@ -157,6 +159,97 @@ async fn github_hook(State(w): State<Arc<Webhooks>>, h: HeaderMap, body: Bytes) 
             if let Some(k) = &key {
                 w.forget(k.as_bytes());
             }
+            text(StatusCode::INTERNAL_SERVER_ERROR, "internal error\n")
+        }
+    }
+}
+
+fn unix_now() -> i64 {
+    time::OffsetDateTime::now_utc().unix_timestamp()
+}
+
+async fn slack_hook(State(w): State<Arc<Webhooks>>, h: HeaderMap, body: Bytes) -> Response {
+    if body.len() > MAX_BODY_BYTES {
+        return text(StatusCode::PAYLOAD_TOO_LARGE, "payload too large\n");
+    }
+    let secrets = w.secrets(|p| *p == Preset::Slack);
+    if secrets.is_empty() {
+        return text(StatusCode::NOT_FOUND, "no Slack webhook is configured\n");
+    }
+    let (ts, sig) = (
+        header(&h, "x-slack-request-timestamp"),
+        header(&h, "x-slack-signature"),
+    );
+    let now = unix_now();
+    let mut refusal = SlackRefusal::Unsigned;
+    let mut verified = Vec::new();
+    for (name, s) in &secrets {
+        match slack::verify(s.expose_secret(), ts, sig, &body, now) {
+            Ok(()) => verified.push(name.clone()),
+            Err(e) => refusal = e,
+        }
+    }
+    if verified.is_empty() {
+        tracing::warn!(reason = %refusal, "Slack request refused");
+        return text(StatusCode::UNAUTHORIZED, "signature verification failed\n");
+    }
+    // The signature covers the timestamp, so within the five minutes an identical request is
+    // a replay: acknowledged, not acted on again.
+    let key = format!("slack:{}", sig.unwrap_or_default());
+    if !w.first_sight(key.as_bytes()) {
+        return text(StatusCode::OK, "duplicate request\n");
+    }
+    let (kind, team, affected, event_id, event_time) = match slack::parse(&body) {
+        Ok(SlackEvent::UrlVerification { challenge }) => {
+            // Answered only now that the request verified (Events API URL verification).
+            return axum::Json(serde_json::json!({ "challenge": challenge })).into_response();
+        }
+        Ok(SlackEvent::Ignored) => return text(StatusCode::OK, "ignored\n"),
+        Ok(SlackEvent::TokensRevoked {
+            team,
+            users,
+            event_id,
+            event_time,
+        }) => {
+            let affected = users
+                .into_iter()
+                .map(|id| Affected::Account {
+                    team: Some(team.clone()),
+                    id,
+                })
+                .collect();
+            ("tokens_revoked", team, affected, event_id, event_time)
+        }
+        Ok(SlackEvent::AppUninstalled {
+            team,
+            event_id,
+            event_time,
+        }) => (
+            "app_uninstalled",
+            team.clone(),
+            vec![Affected::Team(team)],
+            event_id,
+            event_time,
+        ),
+        Err(e) => {
+            w.forget(key.as_bytes());
+            tracing::warn!(error = %e, "Slack event malformed");
+            return text(StatusCode::BAD_REQUEST, "malformed payload\n");
+        }
+    };
+    tracing::info!(kind, team = %team, "Slack revocation event");
+    let ev = Revocation {
+        source: "slack",
+        providers: verified,
+        kind: kind.into(),
+        affected,
+        event_id,
+        occurred: event_time.and_then(|t| time::OffsetDateTime::from_unix_timestamp(t).ok()),
+    };
+    match w.revoke(ev).await {
+        Ok(_) => text(StatusCode::OK, "ok\n"),
+        Err(()) => {
+            w.forget(key.as_bytes());
             text(StatusCode::INTERNAL_SERVER_ERROR, "internal error\n")
         }
     }
