@@ -55,7 +55,7 @@ fn fixture(extra: &str) -> Fixture {
     let g = Arc::new(g);
     Fixture {
         _t: t,
-        app: scopegate::web::webhooks::routes(g.clone()),
+        app: scopegate::web::webhooks::routes_with(g.clone(), std::time::Duration::from_secs(2)),
         g,
     }
 }
@@ -425,4 +425,366 @@ async fn forged_stale_future_and_replayed_slack_requests_change_nothing() {
         (before.0, before.1),
         "an old event undid a reconnection"
     );
+}
+
+// ---- Security Event Tokens (RFC 8417 / RFC 8935) ----
+
+use base64::Engine;
+use ring::signature::{self as sig, KeyPair};
+
+fn b64(b: &[u8]) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b)
+}
+
+const ISSUER: &str = "https://issuer.example/";
+const AUDIENCE: &str = "corp-client";
+const RSA_KID: &str = "rsa-1";
+const EC_KID: &str = "ec-1";
+
+enum Signer {
+    Rsa(sig::RsaKeyPair),
+    Ec(sig::EcdsaKeyPair),
+}
+
+impl Signer {
+    fn rsa() -> Self {
+        // A 2048-bit key made for these tests (`openssl genpkey`, PKCS#1 DER): ring signs RSA
+        // but cannot generate RSA keys.
+        let der = std::fs::read(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/support/risc_test_rsa.der"
+        ))
+        .unwrap();
+        Signer::Rsa(sig::RsaKeyPair::from_der(&der).unwrap())
+    }
+
+    fn ec() -> Self {
+        let rng = ring::rand::SystemRandom::new();
+        let pk8 =
+            sig::EcdsaKeyPair::generate_pkcs8(&sig::ECDSA_P256_SHA256_FIXED_SIGNING, &rng).unwrap();
+        Signer::Ec(
+            sig::EcdsaKeyPair::from_pkcs8(
+                &sig::ECDSA_P256_SHA256_FIXED_SIGNING,
+                pk8.as_ref(),
+                &rng,
+            )
+            .unwrap(),
+        )
+    }
+
+    fn jwk(&self, kid: &str) -> serde_json::Value {
+        match self {
+            Signer::Rsa(k) => {
+                let c: sig::RsaPublicKeyComponents<Vec<u8>> = k.public().into();
+                serde_json::json!({"kty":"RSA","kid":kid,"use":"sig","alg":"RS256","n":b64(&c.n),"e":b64(&c.e)})
+            }
+            Signer::Ec(k) => {
+                let p = k.public_key().as_ref();
+                serde_json::json!({"kty":"EC","crv":"P-256","kid":kid,"x":b64(&p[1..33]),"y":b64(&p[33..65])})
+            }
+        }
+    }
+
+    fn sign(&self, header: &serde_json::Value, claims: &serde_json::Value) -> String {
+        let input = format!(
+            "{}.{}",
+            b64(header.to_string().as_bytes()),
+            b64(claims.to_string().as_bytes())
+        );
+        let rng = ring::rand::SystemRandom::new();
+        let s = match self {
+            Signer::Rsa(k) => {
+                let mut out = vec![0; k.public().modulus_len()];
+                k.sign(&sig::RSA_PKCS1_SHA256, &rng, input.as_bytes(), &mut out)
+                    .unwrap();
+                out
+            }
+            Signer::Ec(k) => k.sign(&rng, input.as_bytes()).unwrap().as_ref().to_vec(),
+        };
+        format!("{input}.{}", b64(&s))
+    }
+
+    fn set(&self, kid: &str, claims: &serde_json::Value) -> String {
+        let alg = match self {
+            Signer::Rsa(_) => "RS256",
+            Signer::Ec(_) => "ES256",
+        };
+        self.sign(
+            &serde_json::json!({"alg": alg, "kid": kid, "typ": "secevent+jwt"}),
+            claims,
+        )
+    }
+}
+
+fn claims(event: &str, sub: &str, jti: &str, iat: i64) -> serde_json::Value {
+    serde_json::json!({
+        "iss": ISSUER, "aud": AUDIENCE, "iat": iat, "jti": jti,
+        "events": { event: { "subject": {"subject_type": "iss-sub", "iss": ISSUER, "sub": sub} } }
+    })
+}
+
+const TOKENS_REVOKED: &str = "https://schemas.openid.net/secevent/oauth/event-type/tokens-revoked";
+const SESSIONS_REVOKED: &str =
+    "https://schemas.openid.net/secevent/risc/event-type/sessions-revoked";
+
+/// Serves a JWKS on 127.0.0.1 that the test can change, counting fetches.
+struct JwksServer {
+    port: u16,
+    body: Arc<std::sync::Mutex<String>>,
+    fetches: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+async fn jwks_server(keys: Vec<serde_json::Value>) -> JwksServer {
+    use std::sync::atomic::Ordering;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let body = Arc::new(std::sync::Mutex::new(
+        serde_json::json!({ "keys": keys }).to_string(),
+    ));
+    let fetches = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let (b, n) = (body.clone(), fetches.clone());
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut sock, _)) = listener.accept().await else {
+                return;
+            };
+            let text = b.lock().unwrap().clone();
+            n.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                let mut buf = vec![0u8; 8192];
+                let _ = sock.read(&mut buf).await;
+                let resp = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{text}",
+                    text.len()
+                );
+                let _ = sock.write_all(resp.as_bytes()).await;
+            });
+        }
+    });
+    JwksServer {
+        port,
+        body,
+        fetches,
+    }
+}
+
+fn risc_config(port: u16) -> String {
+    format!(
+        "[providers.corp]\nauthorization_endpoint = \"http://127.0.0.1:9/authorize\"\n\
+         token_endpoint = \"http://127.0.0.1:9/token\"\nclient_id = \"{AUDIENCE}\"\n\
+         risc_jwks_uri = \"http://127.0.0.1:{port}/jwks\"\nrisc_issuer = \"{ISSUER}\"\n\
+         [services.drive]\nprovider = \"corp\"\nmcp_url = \"http://127.0.0.1:9/mcp\"\n"
+    )
+}
+
+async fn post_set(f: &Fixture, set: &str) -> (StatusCode, String) {
+    send(
+        f,
+        "/webhooks/risc/corp",
+        &[("content-type", "application/secevent+jwt".to_owned())],
+        set.as_bytes(),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn signed_security_event_tokens_clean_up_the_named_subject() {
+    let (rsa, ec) = (Signer::rsa(), Signer::ec());
+    let jwks = jwks_server(vec![rsa.jwk(RSA_KID), ec.jwk(EC_KID)]).await;
+    let f = fixture(&risc_config(jwks.port));
+    let alice = connect(&f.g, "alice", "drive", "S1", None);
+    let bob = connect(&f.g, "bob", "drive", "S2", None);
+    let carol = connect(&f.g, "carol", "drive", "S3", None);
+    let (st, body) = post_set(
+        &f,
+        &rsa.set(RSA_KID, &claims(TOKENS_REVOKED, "S1", "j-1", now())),
+    )
+    .await;
+    assert_eq!(st, StatusCode::ACCEPTED, "{body}");
+    assert_eq!(status_of(&f.g, &alice.id), ConnectionStatus::NeedsReauth);
+    assert_eq!(status_of(&f.g, &bob.id), ConnectionStatus::Active);
+    assert!(
+        !f.g.vault
+            .records()
+            .unwrap()
+            .contains(alice.secret_record.as_ref().unwrap())
+    );
+    let (st, _) = post_set(
+        &f,
+        &ec.set(EC_KID, &claims(SESSIONS_REVOKED, "S2", "j-2", now())),
+    )
+    .await;
+    assert_eq!(st, StatusCode::ACCEPTED);
+    assert_eq!(status_of(&f.g, &bob.id), ConnectionStatus::NeedsReauth);
+    let mut disabled = claims(
+        "https://schemas.openid.net/secevent/risc/event-type/account-disabled",
+        "S3",
+        "j-3",
+        now(),
+    );
+    disabled["events"]["https://schemas.openid.net/secevent/risc/event-type/account-disabled"]["reason"] =
+        "hijacking".into();
+    assert_eq!(
+        post_set(&f, &rsa.set(RSA_KID, &disabled)).await.0,
+        StatusCode::ACCEPTED
+    );
+    assert_eq!(status_of(&f.g, &carol.id), ConnectionStatus::NeedsReauth);
+    // Google's verification event is acknowledged and recorded, nothing more.
+    let verification = serde_json::json!({"iss": ISSUER, "aud": AUDIENCE, "iat": now(), "jti": "j-4",
+        "events": {"https://schemas.openid.net/secevent/risc/event-type/verification": {"state": "abc"}}});
+    assert_eq!(
+        post_set(&f, &rsa.set(RSA_KID, &verification)).await.0,
+        StatusCode::ACCEPTED
+    );
+    let audit = f.g.audit_after(0, 1000).unwrap();
+    assert!(
+        audit
+            .iter()
+            .any(|e| e.action == "webhook.event" && e.target == "verification")
+    );
+    assert_eq!(
+        audit
+            .iter()
+            .filter(|e| e.action == "webhook.revocation")
+            .count(),
+        3
+    );
+    assert_eq!(
+        jwks.fetches.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "the JWKS is cached"
+    );
+}
+
+#[tokio::test]
+async fn unverifiable_security_event_tokens_change_nothing() {
+    let (rsa, ec, stranger) = (Signer::rsa(), Signer::ec(), Signer::ec());
+    let jwks = jwks_server(vec![rsa.jwk(RSA_KID), ec.jwk(EC_KID)]).await;
+    let f = fixture(&risc_config(jwks.port));
+    let alice = connect(&f.g, "alice", "drive", "S1", None);
+    let good = claims(TOKENS_REVOKED, "S1", "j-1", now());
+    let with = |k: &str, v: serde_json::Value| {
+        let mut c = good.clone();
+        c[k] = v;
+        c
+    };
+    let valid = rsa.set(RSA_KID, &good);
+    let mut parts: Vec<String> = valid.split('.').map(str::to_owned).collect();
+    parts[1] = b64(with("jti", "j-9".into()).to_string().as_bytes());
+    let tampered = parts.join(".");
+    let cases: Vec<(&str, String, &str)> = vec![
+        (
+            "unsigned",
+            format!(
+                "{}.{}.",
+                b64(br#"{"alg":"none","typ":"secevent+jwt"}"#),
+                b64(good.to_string().as_bytes())
+            ),
+            "invalid_key",
+        ),
+        (
+            "another key, same kid",
+            stranger.set(EC_KID, &good),
+            "authentication_failed",
+        ),
+        (
+            "unknown kid",
+            stranger.set("stranger", &good),
+            "invalid_key",
+        ),
+        ("tampered payload", tampered, "authentication_failed"),
+        (
+            "RSA key named for ES256",
+            ec.set(RSA_KID, &good),
+            "authentication_failed",
+        ),
+        (
+            "wrong issuer",
+            rsa.set(RSA_KID, &with("iss", "https://evil.example/".into())),
+            "invalid_issuer",
+        ),
+        (
+            "wrong audience",
+            rsa.set(RSA_KID, &with("aud", "someone-else".into())),
+            "invalid_audience",
+        ),
+        (
+            "stale",
+            rsa.set(RSA_KID, &with("iat", (now() - 8 * 24 * 3600).into())),
+            "invalid_request",
+        ),
+        (
+            "from the future",
+            rsa.set(RSA_KID, &with("iat", (now() + 3600).into())),
+            "invalid_request",
+        ),
+        (
+            "an ID token",
+            rsa.sign(
+                &serde_json::json!({"alg":"RS256","kid":RSA_KID,"typ":"JWT"}),
+                &good,
+            ),
+            "invalid_request",
+        ),
+        ("not a JWS", "hello".into(), "invalid_request"),
+    ];
+    let before = snapshot(&f.g);
+    for (name, set, code) in cases {
+        let (st, body) = post_set(&f, &set).await;
+        assert_eq!(st, StatusCode::BAD_REQUEST, "{name}: {body}");
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(v["err"], code, "{name}");
+        assert!(v["description"].is_string(), "{name}");
+        assert_eq!(snapshot(&f.g), before, "{name} changed something");
+    }
+    // Unknown kids refetch the JWKS at most once per interval.
+    assert!(jwks.fetches.load(std::sync::atomic::Ordering::SeqCst) <= 2);
+    // A genuine SET acts; replayed after the user reconnects, its jti is known: nothing moves.
+    assert_eq!(post_set(&f, &valid).await.0, StatusCode::ACCEPTED);
+    assert_eq!(status_of(&f.g, &alice.id), ConnectionStatus::NeedsReauth);
+    connect(&f.g, "alice", "drive", "S1", None);
+    let before = snapshot(&f.g);
+    assert_eq!(post_set(&f, &valid).await.0, StatusCode::ACCEPTED);
+    assert_eq!(snapshot(&f.g), before, "the replayed SET changed something");
+    // An old event with a new jti leaves the newer grant alone too.
+    let old = rsa.set(
+        RSA_KID,
+        &claims(TOKENS_REVOKED, "S1", "j-old", now() - 3600),
+    );
+    assert_eq!(post_set(&f, &old).await.0, StatusCode::ACCEPTED);
+    let (conns, records, _) = snapshot(&f.g);
+    assert_eq!((conns, records), (before.0, before.1));
+}
+
+#[tokio::test]
+async fn a_rotated_key_is_fetched_when_a_token_names_it() {
+    let (old, new) = (Signer::ec(), Signer::ec());
+    let jwks = jwks_server(vec![old.jwk("k-old")]).await;
+    let f = fixture(&risc_config(jwks.port));
+    let c = connect(&f.g, "alice", "drive", "S1", None);
+    let verification = |jti: &str| {
+        serde_json::json!({"iss": ISSUER, "aud": AUDIENCE, "iat": now(), "jti": jti,
+        "events": {"https://schemas.openid.net/secevent/risc/event-type/verification": {}}})
+    };
+    assert_eq!(
+        post_set(&f, &old.set("k-old", &verification("v1"))).await.0,
+        StatusCode::ACCEPTED
+    );
+    *jwks.body.lock().unwrap() = serde_json::json!({"keys": [new.jwk("k-new")]}).to_string();
+    // Within the refetch interval the new kid is unknown...
+    assert_eq!(
+        post_set(&f, &new.set("k-new", &verification("v2"))).await.0,
+        StatusCode::BAD_REQUEST
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
+    // ...after it, the token that names it makes the gateway fetch the set again.
+    let (st, body) = post_set(
+        &f,
+        &new.set("k-new", &claims(TOKENS_REVOKED, "S1", "r1", now())),
+    )
+    .await;
+    assert_eq!(st, StatusCode::ACCEPTED, "{body}");
+    assert_eq!(status_of(&f.g, &c.id), ConnectionStatus::NeedsReauth);
+    assert_eq!(jwks.fetches.load(std::sync::atomic::Ordering::SeqCst), 2);
 }

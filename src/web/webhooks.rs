@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::State;
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
@@ -19,26 +19,37 @@ use crate::gateway::Gateway;
 use crate::gateway::provider_events::{Affected, Revocation};
 use crate::secret::ClientSecret;
 use crate::webhooks::github::{self, GithubEvent};
+use crate::webhooks::jwks::{JwksCache, JwksError};
+use crate::webhooks::risc::{self, EventKind, Jws, SetError};
 use crate::webhooks::slack::{self, SlackEvent, SlackRefusal};
 use crate::webhooks::{MAX_BODY_BYTES, ReplayGuard};
 
-/// GitHub redelivers by hand or within hours; remember delivery ids for a day.
-const GITHUB_DELIVERY_TTL: Duration = Duration::from_secs(24 * 3600);
+const REPLAY_TTL: Duration = Duration::from_secs(risc::MAX_AGE_SECS as u64);
 const REPLAY_CAP: usize = 50_000;
 
 pub struct Webhooks {
     gateway: Arc<Gateway>,
+    /// Accepted GitHub deliveries, Slack signatures and SET `jti`s. The longest window any of
+    /// them needs is a SET's seven days; at the cap the oldest entries go.
     seen: Mutex<ReplayGuard>,
+    jwks: JwksCache,
 }
 
 pub fn routes(gateway: Arc<Gateway>) -> Router {
+    routes_with(gateway, crate::webhooks::jwks::MIN_REFETCH)
+}
+
+/// As `routes`, with the least time between two JWKS fetches of one provider.
+pub fn routes_with(gateway: Arc<Gateway>, jwks_min_refetch: Duration) -> Router {
     let w = Arc::new(Webhooks {
         gateway,
-        seen: Mutex::new(ReplayGuard::new(GITHUB_DELIVERY_TTL, REPLAY_CAP)),
+        seen: Mutex::new(ReplayGuard::new(REPLAY_TTL, REPLAY_CAP)),
+        jwks: JwksCache::new(jwks_min_refetch),
     });
     Router::new()
         .route("/webhooks/github", post(github_hook))
         .route("/webhooks/slack", post(slack_hook))
+        .route("/webhooks/risc/{provider}", post(risc_hook))
         .with_state(w)
 }
 
@@ -253,4 +264,107 @@ async fn slack_hook(State(w): State<Arc<Webhooks>>, h: HeaderMap, body: Bytes) -
             text(StatusCode::INTERNAL_SERVER_ERROR, "internal error\n")
         }
     }
+}
+
+/// RFC 8935 §2.4: a failed delivery is answered 400 with `{"err", "description"}`.
+fn set_error(e: &SetError) -> Response {
+    tracing::warn!(err = e.code(), description = %e, "Security Event Token refused");
+    (
+        StatusCode::BAD_REQUEST,
+        axum::Json(serde_json::json!({ "err": e.code(), "description": e.to_string() })),
+    )
+        .into_response()
+}
+
+async fn risc_hook(
+    State(w): State<Arc<Webhooks>>,
+    Path(provider): Path<String>,
+    body: Bytes,
+) -> Response {
+    let Some(rx) = w
+        .gateway
+        .config
+        .providers
+        .get(&provider)
+        .and_then(|p| p.risc.as_ref())
+    else {
+        return text(StatusCode::NOT_FOUND, "no SET receiver for this provider\n");
+    };
+    let jws = match Jws::parse(&body) {
+        Ok(j) => j,
+        Err(e) => return set_error(&e),
+    };
+    let key = match w.jwks.key(&provider, &rx.jwks_uri, &jws.kid).await {
+        Ok(k) => k,
+        Err(JwksError::UnknownKid) => {
+            return set_error(&SetError::InvalidKey(
+                "no key with this kid in the provider's JWKS",
+            ));
+        }
+        Err(e) => {
+            // Our failure, not the sender's: a 5xx makes it deliver again later.
+            tracing::error!(error = %e, "JWKS unavailable");
+            return text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "signing keys unavailable\n",
+            );
+        }
+    };
+    let set = match jws.verify(&key).and_then(|v| v.claims(rx, unix_now())) {
+        Ok(s) => s,
+        Err(e) => return set_error(&e),
+    };
+    // Google redelivers what it thinks was lost; a `jti` already acted on is acknowledged.
+    let seen_key = format!("risc:{provider}:{}", set.jti);
+    if !w.first_sight(seen_key.as_bytes()) {
+        return StatusCode::ACCEPTED.into_response();
+    }
+    let mut kinds = Vec::new();
+    let mut affected = Vec::new();
+    for ev in &set.events {
+        match (&ev.kind, &ev.sub) {
+            (EventKind::Revoke(k), Some(sub)) => {
+                kinds.push(*k);
+                let a = Affected::Account {
+                    team: None,
+                    id: sub.clone(),
+                };
+                if !affected.contains(&a) {
+                    affected.push(a);
+                }
+            }
+            (kind, _) => {
+                let (name, outcome) = match kind {
+                    EventKind::Verification => ("verification".to_owned(), "ok"),
+                    EventKind::Revoke(k) => ((*k).to_owned(), "no_subject"),
+                    EventKind::Other(uri) => (uri.clone(), "ignored"),
+                };
+                let g = w.gateway.clone();
+                let jti = set.jti.clone();
+                let r = tokio::task::spawn_blocking(move || {
+                    g.audit_provider_event("risc", &name, outcome, Some(&jti))
+                })
+                .await;
+                if !matches!(r, Ok(Ok(()))) {
+                    w.forget(seen_key.as_bytes());
+                    return text(StatusCode::INTERNAL_SERVER_ERROR, "internal error\n");
+                }
+            }
+        }
+    }
+    if !affected.is_empty() {
+        let ev = Revocation {
+            source: "risc",
+            providers: vec![provider.clone()],
+            kind: kinds.join(","),
+            affected,
+            event_id: Some(set.jti.clone()),
+            occurred: time::OffsetDateTime::from_unix_timestamp(set.iat).ok(),
+        };
+        if w.revoke(ev).await.is_err() {
+            w.forget(seen_key.as_bytes());
+            return text(StatusCode::INTERNAL_SERVER_ERROR, "internal error\n");
+        }
+    }
+    StatusCode::ACCEPTED.into_response()
 }
