@@ -736,6 +736,61 @@ mod tests {
     }
 
     #[test]
+    fn webhook_secrets_and_set_receivers_are_checked() {
+        let c = Config::parse(
+            "[providers.gh]\npreset = \"github-app\"\nclient_id = \"c\"\nwebhook_secret_env = \"GH_HOOK\"\n\
+             [providers.g]\npreset = \"google\"\nclient_id = \"g-id\"\n\
+             [providers.corp]\nissuer = \"https://id.example\"\nclient_id = \"corp\"\n\
+             risc_jwks_uri = \"http://127.0.0.1:9/jwks\"\nrisc_issuer = \"https://id.example\"\n",
+            "t.toml",
+        )
+        .unwrap();
+        assert_eq!(
+            c.providers["gh"].webhook_secret,
+            ClientSecretSource::Env("GH_HOOK".into())
+        );
+        assert_eq!(c.providers["gh"].risc, None);
+        let g = c.providers["g"].risc.as_ref().unwrap();
+        assert_eq!(
+            (g.issuer.as_str(), g.audiences.as_slice()),
+            (GOOGLE_RISC_ISSUER, &["g-id".to_owned()][..])
+        );
+        assert_eq!(
+            c.providers["corp"].risc.as_ref().unwrap().audiences,
+            ["corp"]
+        );
+        for (text, want) in [
+            (
+                "preset = \"github\"\nclient_id = \"c\"\nwebhook_secret = \"hunter2\"",
+                "webhook_secret_env",
+            ),
+            (
+                "preset = \"slack\"\nclient_id = \"c\"\nwebhook_secret_env = \"A\"\nwebhook_secret_file = \"/f\"",
+                "not both",
+            ),
+            (
+                "preset = \"google\"\nclient_id = \"c\"\nwebhook_secret_env = \"A\"",
+                "apply only to",
+            ),
+            (
+                "issuer = \"https://id.example\"\nclient_id = \"c\"\nrisc_jwks_uri = \"https://id.example/jwks\"",
+                "risc_issuer: missing",
+            ),
+            (
+                "issuer = \"https://id.example\"\nclient_id = \"c\"\nrisc_issuer = \"x\"",
+                "risc_jwks_uri: missing",
+            ),
+            (
+                "issuer = \"https://id.example\"\nclient_id = \"c\"\nrisc_issuer = \"x\"\nrisc_jwks_uri = \"http://10.0.0.1/jwks\"",
+                "loopback",
+            ),
+        ] {
+            let e = err(&format!("[providers.p]\n{text}\n"));
+            assert!(e.contains(want) && !e.contains("hunter2"), "{text}: {e}");
+        }
+    }
+
+    #[test]
     fn http_is_accepted_for_loopback_only() {
         for ok in [
             "http://127.0.0.1:9/mcp",
