@@ -400,19 +400,12 @@ fn check_provider(name: &str, p: RawProvider) -> Result<Provider, String> {
         .client_id
         .filter(|c| !c.is_empty())
         .ok_or_else(|| format!("{}: missing", key("client_id")))?;
-    let client_secret = match (p.client_secret_env, p.client_secret_file) {
-        (Some(_), Some(_)) => {
-            return Err(format!(
-                "providers.{name}: set client_secret_env or client_secret_file, not both"
-            ));
-        }
-        (Some(env), None) if env.is_empty() => {
-            return Err(format!("{}: empty", key("client_secret_env")));
-        }
-        (Some(env), None) => ClientSecretSource::Env(env),
-        (None, Some(f)) => ClientSecretSource::File(f),
-        (None, None) => ClientSecretSource::None,
-    };
+    let client_secret = secret_source(
+        name,
+        "client_secret",
+        p.client_secret_env,
+        p.client_secret_file,
+    )?;
     let explicit = p.authorization_endpoint.is_some() || p.token_endpoint.is_some();
     let endpoints = match (p.preset.as_deref(), p.issuer.as_deref(), explicit) {
         (Some(preset), None, false) => ProviderEndpoints::Preset(match preset {
@@ -473,19 +466,12 @@ fn check_provider(name: &str, p: RawProvider) -> Result<Provider, String> {
             key("webhook_secret")
         ));
     }
-    let webhook_secret = match (p.webhook_secret_env, p.webhook_secret_file) {
-        (Some(_), Some(_)) => {
-            return Err(format!(
-                "providers.{name}: set webhook_secret_env or webhook_secret_file, not both"
-            ));
-        }
-        (Some(env), None) if env.is_empty() => {
-            return Err(format!("{}: empty", key("webhook_secret_env")));
-        }
-        (Some(env), None) => ClientSecretSource::Env(env),
-        (None, Some(f)) => ClientSecretSource::File(f),
-        (None, None) => ClientSecretSource::None,
-    };
+    let webhook_secret = secret_source(
+        name,
+        "webhook_secret",
+        p.webhook_secret_env,
+        p.webhook_secret_file,
+    )?;
     let signs_webhooks = matches!(
         endpoints,
         ProviderEndpoints::Preset(Preset::Github | Preset::GithubApp | Preset::Slack)
@@ -512,6 +498,26 @@ fn check_provider(name: &str, p: RawProvider) -> Result<Provider, String> {
         webhook_secret,
         risc,
     })
+}
+
+/// `{what}_env` or `{what}_file`: where a secret is read from, never the secret itself.
+fn secret_source(
+    provider: &str,
+    what: &str,
+    env: Option<String>,
+    file: Option<PathBuf>,
+) -> Result<ClientSecretSource, String> {
+    match (env, file) {
+        (Some(_), Some(_)) => Err(format!(
+            "providers.{provider}: set {what}_env or {what}_file, not both"
+        )),
+        (Some(env), None) if env.is_empty() => {
+            Err(format!("providers.{provider}.{what}_env: empty"))
+        }
+        (Some(env), None) => Ok(ClientSecretSource::Env(env)),
+        (None, Some(f)) => Ok(ClientSecretSource::File(f)),
+        (None, None) => Ok(ClientSecretSource::None),
+    }
 }
 
 /// The google preset receives Google's SETs by default; any other provider names its JWKS and

@@ -8,59 +8,22 @@
 mod browser;
 #[path = "support/harness.rs"]
 mod harness;
+#[path = "support/provider_account.rs"]
+mod provider_account;
 
 use base64::Engine;
 use harness::Instance;
-use hmac::{Hmac, Mac};
+use provider_account::{connect, hmac_hex, serve_fixed};
 use ring::signature::{self as sig, KeyPair};
 use scopegate::config::Config;
 use scopegate::gateway::Gateway;
-use scopegate::oauth::token::{TokenResponse, TokenType};
-use scopegate::secret::{AccessToken, Passphrase, RefreshToken};
-use scopegate::store::{PendingAuthorization, Store};
+use scopegate::secret::Passphrase;
+use scopegate::store::Store;
 use scopegate::vault::Vault;
 use serde_json::{Value, json};
-use sha2::Sha256;
 
 const GH_SECRET: &str = "e2e-github-hook-secret";
 const SLACK_SECRET: &str = "e2e-slack-signing-secret";
-
-/// Serves one fixed body to every request on 127.0.0.1.
-async fn serve_fixed(body: String) -> u16 {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut sock, _)) = listener.accept().await else {
-                return;
-            };
-            let body = body.clone();
-            tokio::spawn(async move {
-                use tokio::io::{AsyncReadExt, AsyncWriteExt};
-                let mut buf = vec![0u8; 65536];
-                let _ = sock.read(&mut buf).await;
-                let resp = format!(
-                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-                    body.len()
-                );
-                let _ = sock.write_all(resp.as_bytes()).await;
-            });
-        }
-    });
-    port
-}
-
-fn hmac_hex(key: &str, parts: &[&[u8]]) -> String {
-    let mut m = <Hmac<Sha256> as hmac::KeyInit>::new_from_slice(key.as_bytes()).unwrap();
-    for p in parts {
-        m.update(p);
-    }
-    m.finalize()
-        .into_bytes()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
 
 fn b64(b: &[u8]) -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b)
@@ -82,36 +45,12 @@ fn connect_offline(inst: &Instance) {
     .unwrap();
     let config = Config::load(&inst.dir.join("scopegate.toml")).unwrap();
     let g = Gateway::new(config, vault, store);
-    let user = g.user_add("alice").unwrap();
     for (service, subject, team) in [
         ("repos", "583231", None),
         ("chat", "U1", Some("T1")),
         ("drive", "S1", None),
     ] {
-        let pending = PendingAuthorization {
-            state_hash: "h".into(),
-            user_id: user.id.clone(),
-            service: service.into(),
-            browser_session_hash: "s".into(),
-            verifier_record: "pending/x".into(),
-            issuer: None,
-            iss_required: false,
-            scopes: vec![],
-            redirect_uri: "http://127.0.0.1/cb".into(),
-            expires: time::OffsetDateTime::now_utc(),
-        };
-        let tokens = TokenResponse {
-            access_token: AccessToken::new(format!("planted-access-{service}").into_bytes()),
-            token_type: TokenType::Bearer,
-            expires_in: Some(3600),
-            refresh_token: Some(RefreshToken::new(
-                format!("planted-refresh-{service}").into_bytes(),
-            )),
-            scope: None,
-            subject: Some(subject.into()),
-            team: team.map(str::to_owned),
-        };
-        g.finish_connect(&user, &pending, &tokens, vec![]).unwrap();
+        connect(&g, "alice", service, subject, team);
     }
 }
 
@@ -159,7 +98,8 @@ async fn signed_revocations_through_the_listener_make_the_agent_reconnect() {
         sig::EcdsaKeyPair::from_pkcs8(&sig::ECDSA_P256_SHA256_FIXED_SIGNING, pk8.as_ref(), &rng)
             .unwrap();
     let p = key.public_key().as_ref();
-    let jwks = serve_fixed(json!({"keys":[{"kty":"EC","crv":"P-256","kid":"k1","x":b64(&p[1..33]),"y":b64(&p[33..65])}]}).to_string()).await;
+    let jwks = serve_fixed(json!({"keys":[{"kty":"EC","crv":"P-256","kid":"k1","x":b64(&p[1..33]),"y":b64(&p[33..65])}]}).to_string()).await.port;
+    let upstream = upstream.port;
     let gw = browser::free_port();
     let base = format!("http://127.0.0.1:{gw}");
     let tmp = tempfile::tempdir().unwrap();

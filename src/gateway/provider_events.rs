@@ -36,7 +36,7 @@ impl Affected {
 
 /// A verified event that revokes access.
 #[derive(Debug, Clone)]
-pub struct Revocation {
+pub struct ProviderRevocation {
     /// `github`, `slack` or `risc`: who sent it, for the audit entry's actor.
     pub source: &'static str,
     /// The configured providers whose credentials verified the event.
@@ -63,7 +63,7 @@ pub struct Outcome {
 impl Gateway {
     /// Cleans up every live connection the event names, in one store commit with its audit
     /// entry (store first, then the vault: the module comment of `gateway`).
-    pub fn apply_revocation(&self, ev: &Revocation) -> Result<Outcome, GatewayError> {
+    pub fn apply_revocation(&self, ev: &ProviderRevocation) -> Result<Outcome, GatewayError> {
         let (outcome, records) = self.store.write(|t| {
             let mut outcome = Outcome::default();
             let mut records = Vec::new();

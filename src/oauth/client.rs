@@ -64,18 +64,8 @@ impl Default for OAuthClient {
 
 impl OAuthClient {
     pub fn new() -> Self {
-        // reqwest's rustls needs a process-wide crypto provider; a second install is a no-op.
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        #[allow(clippy::expect_used)] // invariant: this builder configuration is static and valid.
-        let http = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .connect_timeout(Duration::from_secs(5))
-            .timeout(Duration::from_secs(15))
-            .user_agent(concat!("scopegate/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .expect("HTTP client");
         Self {
-            http,
+            http: outbound_client(Duration::from_secs(15)),
             discovered: Mutex::new(HashMap::new()),
         }
     }
@@ -329,6 +319,21 @@ impl OAuthClient {
     }
 }
 
+/// A client for servers the admin configured: no redirects (one could send credentials
+/// elsewhere), a connect timeout and an overall deadline.
+pub(crate) fn outbound_client(timeout: Duration) -> reqwest::Client {
+    // reqwest's rustls needs a process-wide crypto provider; a second install is a no-op.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    #[allow(clippy::expect_used)] // invariant: this builder configuration is static and valid.
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .connect_timeout(Duration::from_secs(5))
+        .timeout(timeout)
+        .user_agent(concat!("scopegate/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .expect("HTTP client")
+}
+
 /// RFC 6749 §2.3.1: both parts form-urlencoded before base64.
 fn basic_auth(id: &str, secret: &str) -> String {
     let enc = |s: &str| url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
@@ -339,7 +344,10 @@ fn basic_auth(id: &str, secret: &str) -> String {
     )
 }
 
-async fn read_capped(mut resp: reqwest::Response, cap: usize) -> Result<Vec<u8>, String> {
+pub(crate) async fn read_capped(
+    mut resp: reqwest::Response,
+    cap: usize,
+) -> Result<Vec<u8>, String> {
     if resp.content_length().is_some_and(|l| l as usize > cap) {
         return Err("the response is too large".into());
     }

@@ -16,7 +16,7 @@ use axum::routing::post;
 
 use crate::config::{Preset, ProviderEndpoints};
 use crate::gateway::Gateway;
-use crate::gateway::provider_events::{Affected, Revocation};
+use crate::gateway::provider_events::{Affected, ProviderRevocation};
 use crate::secret::ClientSecret;
 use crate::webhooks::github::{self, GithubEvent};
 use crate::webhooks::jwks::{JwksCache, JwksError};
@@ -88,7 +88,7 @@ impl Webhooks {
         }
     }
 
-    async fn revoke(&self, ev: Revocation) -> Result<usize, ()> {
+    async fn revoke(&self, ev: ProviderRevocation) -> Result<usize, ()> {
         let g = self.gateway.clone();
         match tokio::task::spawn_blocking(move || g.apply_revocation(&ev)).await {
             Ok(Ok(o)) => Ok(o.cleaned.len()),
@@ -153,7 +153,7 @@ async fn github_hook(State(w): State<Arc<Webhooks>>, h: HeaderMap, body: Bytes) 
     {
         return text(StatusCode::OK, "duplicate delivery\n");
     }
-    let ev = Revocation {
+    let ev = ProviderRevocation {
         source: "github",
         providers: verified,
         kind: "github_app_authorization.revoked".into(),
@@ -249,7 +249,7 @@ async fn slack_hook(State(w): State<Arc<Webhooks>>, h: HeaderMap, body: Bytes) -
         }
     };
     tracing::info!(kind, team = %team, "Slack revocation event");
-    let ev = Revocation {
+    let ev = ProviderRevocation {
         source: "slack",
         providers: verified,
         kind: kind.into(),
@@ -353,7 +353,7 @@ async fn risc_hook(
         }
     }
     if !affected.is_empty() {
-        let ev = Revocation {
+        let ev = ProviderRevocation {
             source: "risc",
             providers: vec![provider.clone()],
             kind: kinds.join(","),

@@ -139,17 +139,8 @@ pub struct JwksCache {
 
 impl JwksCache {
     pub fn new(min_refetch: Duration) -> Self {
-        // reqwest's rustls needs a process-wide crypto provider; a second install is a no-op.
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        #[allow(clippy::expect_used)] // invariant: this builder configuration is static and valid.
-        let http = reqwest::Client::builder()
-            // The URL is the admin's; a redirect could lead anywhere (DESIGN "Limits").
-            .redirect(reqwest::redirect::Policy::none())
-            .connect_timeout(Duration::from_secs(5))
-            .timeout(Duration::from_secs(10))
-            .user_agent(concat!("scopegate/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .expect("HTTP client");
+        // The URL is the admin's; no redirects are followed (DESIGN "Limits").
+        let http = crate::oauth::client::outbound_client(Duration::from_secs(10));
         Self {
             http,
             min_refetch,
@@ -196,30 +187,19 @@ impl JwksCache {
     }
 
     async fn fetch(&self, uri: &Url) -> Result<HashMap<String, Jwk>, JwksError> {
-        let fail = |e: reqwest::Error| JwksError::Fetch(e.without_url().to_string());
-        let mut resp = self
+        let resp = self
             .http
             .get(uri.clone())
             .header("Accept", "application/json")
             .send()
             .await
-            .map_err(fail)?;
+            .map_err(|e| JwksError::Fetch(e.without_url().to_string()))?;
         if !resp.status().is_success() {
             return Err(JwksError::Fetch(format!("HTTP {}", resp.status().as_u16())));
         }
-        if resp
-            .content_length()
-            .is_some_and(|l| l > MAX_JWKS_BYTES as u64)
-        {
-            return Err(JwksError::Fetch("too large".into()));
-        }
-        let mut body = Vec::new();
-        while let Some(chunk) = resp.chunk().await.map_err(fail)? {
-            if body.len() + chunk.len() > MAX_JWKS_BYTES {
-                return Err(JwksError::Fetch("too large".into()));
-            }
-            body.extend_from_slice(&chunk);
-        }
+        let body = crate::oauth::client::read_capped(resp, MAX_JWKS_BYTES)
+            .await
+            .map_err(JwksError::Fetch)?;
         let keys = parse(&body)?;
         tracing::info!(keys = keys.len(), "JWKS fetched");
         Ok(keys)
