@@ -66,6 +66,7 @@ fn main() -> anyhow::Result<()> {
                     strikes: 0,
                     last_refresh: None,
                     refresh: Default::default(),
+                    subject: None,
                 })?;
             }
             t.audit(

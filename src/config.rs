@@ -61,6 +61,15 @@ struct RawProvider {
     client_secret: Option<toml::Value>,
     tenant: Option<String>,
     dpop: Option<bool>,
+    /// GitHub / Slack webhook signing secret, named like the client secret (never the value).
+    webhook_secret_env: Option<String>,
+    webhook_secret_file: Option<PathBuf>,
+    /// Present only so that a pasted secret gets a clear error instead of "unknown field".
+    webhook_secret: Option<toml::Value>,
+    /// Security Event Token receiver (RFC 8417/8935) at `/webhooks/risc/{provider}`.
+    risc_jwks_uri: Option<String>,
+    risc_issuer: Option<String>,
+    risc_audience: Option<Vec<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -164,6 +173,48 @@ pub struct Provider {
     pub client_secret: ClientSecretSource,
     pub tenant: Option<String>,
     pub dpop: bool,
+    /// The signing secret of the provider's webhooks (GitHub, Slack); `None` when unset.
+    pub webhook_secret: ClientSecretSource,
+    /// Where Security Event Tokens for this provider are verified, when it sends them.
+    pub risc: Option<RiscReceiver>,
+}
+
+/// How `/webhooks/risc/{provider}` checks a Security Event Token (RFC 8417 §2, RFC 8935 §2).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RiscReceiver {
+    pub jwks_uri: Url,
+    /// `iss` must equal this exactly.
+    pub issuer: String,
+    /// `aud` must name one of these (Google: the project's client ids).
+    pub audiences: Vec<String>,
+}
+
+/// Google's Cross-Account Protection (https://accounts.google.com/.well-known/risc-configuration).
+pub const GOOGLE_RISC_ISSUER: &str = "https://accounts.google.com/";
+pub const GOOGLE_RISC_JWKS: &str = "https://www.googleapis.com/oauth2/v3/certs";
+
+impl ClientSecretSource {
+    /// Reads the secret from the env var or file named in the config, at the moment of use.
+    /// Errors name the provider and the source, never the value.
+    pub fn read(&self, provider: &str) -> Result<Option<crate::secret::ClientSecret>, String> {
+        use crate::secret::ClientSecret;
+        match self {
+            Self::None => Ok(None),
+            Self::Generated(s) => Ok(Some(s.clone())),
+            Self::Env(var) => std::env::var(var)
+                .map(|v| Some(ClientSecret::new(v.into_bytes())))
+                .map_err(|_| format!("provider {provider}: environment variable {var} is not set")),
+            Self::File(path) => {
+                let mut bytes = std::fs::read(path).map_err(|e| {
+                    format!("provider {provider}: cannot read {}: {e}", path.display())
+                })?;
+                while matches!(bytes.last(), Some(b'\n' | b'\r')) {
+                    bytes.pop();
+                }
+                Ok(Some(ClientSecret::new(bytes)))
+            }
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -370,19 +421,12 @@ fn check_provider(name: &str, p: RawProvider) -> Result<Provider, String> {
         .client_id
         .filter(|c| !c.is_empty())
         .ok_or_else(|| format!("{}: missing", key("client_id")))?;
-    let client_secret = match (p.client_secret_env, p.client_secret_file) {
-        (Some(_), Some(_)) => {
-            return Err(format!(
-                "providers.{name}: set client_secret_env or client_secret_file, not both"
-            ));
-        }
-        (Some(env), None) if env.is_empty() => {
-            return Err(format!("{}: empty", key("client_secret_env")));
-        }
-        (Some(env), None) => ClientSecretSource::Env(env),
-        (None, Some(f)) => ClientSecretSource::File(f),
-        (None, None) => ClientSecretSource::None,
-    };
+    let client_secret = secret_source(
+        name,
+        "client_secret",
+        p.client_secret_env,
+        p.client_secret_file,
+    )?;
     let explicit = p.authorization_endpoint.is_some() || p.token_endpoint.is_some();
     let endpoints = match (p.preset.as_deref(), p.issuer.as_deref(), explicit) {
         (Some(preset), None, false) => ProviderEndpoints::Preset(match preset {
@@ -437,13 +481,103 @@ fn check_provider(name: &str, p: RawProvider) -> Result<Provider, String> {
             key("tenant")
         ));
     }
+    if p.webhook_secret.is_some() {
+        return Err(format!(
+            "{}: secret values may not be written in the config; use webhook_secret_env or webhook_secret_file",
+            key("webhook_secret")
+        ));
+    }
+    let webhook_secret = secret_source(
+        name,
+        "webhook_secret",
+        p.webhook_secret_env,
+        p.webhook_secret_file,
+    )?;
+    let signs_webhooks = matches!(
+        endpoints,
+        ProviderEndpoints::Preset(Preset::Github | Preset::GithubApp | Preset::Slack)
+    );
+    if webhook_secret != ClientSecretSource::None && !signs_webhooks {
+        return Err(format!(
+            "providers.{name}: webhook_secret_env/webhook_secret_file apply only to the github, github-app and slack presets"
+        ));
+    }
+    let risc = check_risc(
+        name,
+        &p.risc_jwks_uri,
+        &p.risc_issuer,
+        p.risc_audience,
+        &endpoints,
+        &client_id,
+    )?;
     Ok(Provider {
         endpoints,
         client_id,
         client_secret,
         tenant: p.tenant,
         dpop: p.dpop.unwrap_or(false),
+        webhook_secret,
+        risc,
     })
+}
+
+/// `{what}_env` or `{what}_file`: where a secret is read from, never the secret itself.
+fn secret_source(
+    provider: &str,
+    what: &str,
+    env: Option<String>,
+    file: Option<PathBuf>,
+) -> Result<ClientSecretSource, String> {
+    match (env, file) {
+        (Some(_), Some(_)) => Err(format!(
+            "providers.{provider}: set {what}_env or {what}_file, not both"
+        )),
+        (Some(env), None) if env.is_empty() => {
+            Err(format!("providers.{provider}.{what}_env: empty"))
+        }
+        (Some(env), None) => Ok(ClientSecretSource::Env(env)),
+        (None, Some(f)) => Ok(ClientSecretSource::File(f)),
+        (None, None) => Ok(ClientSecretSource::None),
+    }
+}
+
+/// The google preset receives Google's SETs by default; any other provider names its JWKS and
+/// issuer. The audience defaults to the client id (Google puts a client id in `aud`).
+fn check_risc(
+    name: &str,
+    jwks_uri: &Option<String>,
+    issuer: &Option<String>,
+    audience: Option<Vec<String>>,
+    endpoints: &ProviderEndpoints,
+    client_id: &str,
+) -> Result<Option<RiscReceiver>, String> {
+    let key = |k: &str| format!("providers.{name}.{k}");
+    let google = *endpoints == ProviderEndpoints::Preset(Preset::Google);
+    let (jwks_uri, issuer) = match (jwks_uri.as_deref(), issuer.as_deref()) {
+        (Some(j), Some(i)) => (url_field(&key("risc_jwks_uri"), j)?, i.to_owned()),
+        (None, None) if google => (
+            url_field(&key("risc_jwks_uri"), GOOGLE_RISC_JWKS)?,
+            GOOGLE_RISC_ISSUER.to_owned(),
+        ),
+        (None, None) if audience.is_none() => return Ok(None),
+        (None, None) | (Some(_), None) => return Err(format!("{}: missing", key("risc_issuer"))),
+        (None, Some(_)) => return Err(format!("{}: missing", key("risc_jwks_uri"))),
+    };
+    if issuer.is_empty() {
+        return Err(format!("{}: empty", key("risc_issuer")));
+    }
+    let audiences = audience.unwrap_or_else(|| vec![client_id.to_owned()]);
+    if audiences.is_empty() || audiences.iter().any(String::is_empty) {
+        return Err(format!(
+            "{}: needs at least one non-empty value",
+            key("risc_audience")
+        ));
+    }
+    Ok(Some(RiscReceiver {
+        jwks_uri,
+        issuer,
+        audiences,
+    }))
 }
 
 fn check_service(
@@ -626,6 +760,61 @@ mod tests {
         assert!(e.contains("letters, digits"), "{e}");
         let e = err("[limits]\nmax_connections = 0\n");
         assert!(e.contains("limits.max_connections"), "{e}");
+    }
+
+    #[test]
+    fn webhook_secrets_and_set_receivers_are_checked() {
+        let c = Config::parse(
+            "[providers.gh]\npreset = \"github-app\"\nclient_id = \"c\"\nwebhook_secret_env = \"GH_HOOK\"\n\
+             [providers.g]\npreset = \"google\"\nclient_id = \"g-id\"\n\
+             [providers.corp]\nissuer = \"https://id.example\"\nclient_id = \"corp\"\n\
+             risc_jwks_uri = \"http://127.0.0.1:9/jwks\"\nrisc_issuer = \"https://id.example\"\n",
+            "t.toml",
+        )
+        .unwrap();
+        assert_eq!(
+            c.providers["gh"].webhook_secret,
+            ClientSecretSource::Env("GH_HOOK".into())
+        );
+        assert_eq!(c.providers["gh"].risc, None);
+        let g = c.providers["g"].risc.as_ref().unwrap();
+        assert_eq!(
+            (g.issuer.as_str(), g.audiences.as_slice()),
+            (GOOGLE_RISC_ISSUER, &["g-id".to_owned()][..])
+        );
+        assert_eq!(
+            c.providers["corp"].risc.as_ref().unwrap().audiences,
+            ["corp"]
+        );
+        for (text, want) in [
+            (
+                "preset = \"github\"\nclient_id = \"c\"\nwebhook_secret = \"hunter2\"",
+                "webhook_secret_env",
+            ),
+            (
+                "preset = \"slack\"\nclient_id = \"c\"\nwebhook_secret_env = \"A\"\nwebhook_secret_file = \"/f\"",
+                "not both",
+            ),
+            (
+                "preset = \"google\"\nclient_id = \"c\"\nwebhook_secret_env = \"A\"",
+                "apply only to",
+            ),
+            (
+                "issuer = \"https://id.example\"\nclient_id = \"c\"\nrisc_jwks_uri = \"https://id.example/jwks\"",
+                "risc_issuer: missing",
+            ),
+            (
+                "issuer = \"https://id.example\"\nclient_id = \"c\"\nrisc_issuer = \"x\"",
+                "risc_jwks_uri: missing",
+            ),
+            (
+                "issuer = \"https://id.example\"\nclient_id = \"c\"\nrisc_issuer = \"x\"\nrisc_jwks_uri = \"http://10.0.0.1/jwks\"",
+                "loopback",
+            ),
+        ] {
+            let e = err(&format!("[providers.p]\n{text}\n"));
+            assert!(e.contains(want) && !e.contains("hunter2"), "{text}: {e}");
+        }
     }
 
     #[test]

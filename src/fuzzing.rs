@@ -58,3 +58,77 @@ pub fn jsonrpc(data: &[u8]) {
         }
     }
 }
+
+/// Splits fuzz input into a header line and a body, as a webhook request carries them.
+fn header_and_body(data: &[u8]) -> (Option<&str>, &[u8]) {
+    match data.iter().position(|&b| b == b'\n') {
+        Some(i) => (std::str::from_utf8(&data[..i]).ok(), &data[i + 1..]),
+        None => (None, data),
+    }
+}
+
+/// GitHub webhooks: the signature check and the payload parser of `/webhooks/github`.
+pub fn github_webhook(data: &[u8]) {
+    let (sig, body) = header_and_body(data);
+    // Random input never carries a valid HMAC under this key.
+    assert!(crate::webhooks::github::verify(b"fuzz secret", body, sig).is_err());
+    if let Ok(crate::webhooks::github::GithubEvent::AuthorizationRevoked { user_id }) =
+        crate::webhooks::github::parse("github_app_authorization", body)
+    {
+        assert!(!user_id.is_empty() && user_id.bytes().all(|b| b.is_ascii_digit()));
+    }
+}
+
+/// Slack events: the signature check (timestamp window included) and the payload parser.
+pub fn slack_webhook(data: &[u8]) {
+    let (line, body) = header_and_body(data);
+    let (ts, sig) = match line.and_then(|l| l.split_once(' ')) {
+        Some((t, s)) => (Some(t), Some(s)),
+        None => (line, None),
+    };
+    assert!(crate::webhooks::slack::verify(b"fuzz secret", ts, sig, body, 1_700_000_000).is_err());
+    if let Ok(crate::webhooks::slack::SlackEvent::TokensRevoked { team, users, .. }) =
+        crate::webhooks::slack::parse(body)
+    {
+        assert!(!team.is_empty() && users.iter().all(|u| !u.is_empty()));
+    }
+}
+
+/// Security Event Tokens: the JWS header parser, the signature check, and the claims parser
+/// (run on the raw input too, since it only ever sees verified payloads in the product).
+pub fn security_event_token(data: &[u8]) {
+    use crate::webhooks::risc;
+    let rx = crate::config::RiscReceiver {
+        #[allow(clippy::expect_used)] // invariant: a constant URL.
+        jwks_uri: url::Url::parse("https://issuer.example/jwks").expect("url"),
+        issuer: "https://issuer.example/".into(),
+        audiences: vec!["client".into()],
+    };
+    if let Ok(jws) = risc::Jws::parse(data) {
+        let key = crate::webhooks::jwks::Jwk::P256 {
+            point: [&[4u8][..], &[7u8; 64][..]].concat(),
+        };
+        // Not a point on the curve, so nothing verifies.
+        assert!(jws.verify(&key).is_err());
+    }
+    if let Ok(set) = risc::check_claims(data, &rx, 1_700_000_000) {
+        assert!(!set.jti.is_empty() && !set.events.is_empty());
+    }
+}
+
+/// JSON Web Key Sets fetched from a provider's `jwks_uri`.
+pub fn jwks(data: &[u8]) {
+    if let Ok(keys) = crate::webhooks::jwks::parse(data) {
+        for k in keys.values() {
+            if let crate::webhooks::jwks::Jwk::P256 { point } = k {
+                assert_eq!(point.len(), 65);
+            }
+            for alg in [
+                crate::webhooks::jwks::Alg::Rs256,
+                crate::webhooks::jwks::Alg::Es256,
+            ] {
+                assert!(!k.verify(alg, b"fuzz", &[0u8; 64]));
+            }
+        }
+    }
+}

@@ -11,6 +11,7 @@
 
 pub mod agents;
 pub mod connect;
+pub mod provider_events;
 pub mod scopes;
 
 use std::collections::BTreeSet;
@@ -294,6 +295,7 @@ impl Gateway {
                         strikes: 0,
                         last_refresh: None,
                         refresh: Default::default(),
+                        subject: None,
                     },
                     None,
                     "apikey.set",

@@ -21,3 +21,4 @@ pub mod secret;
 pub mod store;
 pub mod vault;
 pub mod web;
+pub mod webhooks;

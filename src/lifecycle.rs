@@ -354,6 +354,10 @@ impl Refresher {
                 let access = SecretBytes::new(tokens.access_token.expose_secret().to_vec());
                 let (id, nr) = (conn.id.clone(), new_record.clone());
                 let (expires_in, scope) = (tokens.expires_in, tokens.scope.clone());
+                // A revocation (admin, webhook) that landed during the request wins: the new
+                // tokens are not attached to a connection that is no longer active.
+                let applied = Arc::new(std::sync::atomic::AtomicBool::new(false));
+                let applied2 = applied.clone();
                 let committed = self
                     .committer
                     .commit(Job {
@@ -368,6 +372,10 @@ impl Refresher {
                             let Some(mut c) = t.connection(&id)? else {
                                 return Ok(());
                             };
+                            if c.status != ConnectionStatus::Active {
+                                return Ok(());
+                            }
+                            applied2.store(true, std::sync::atomic::Ordering::SeqCst);
                             c.secret_record = Some(nr);
                             c.secret_fingerprint = Some(fp.clone());
                             c.access_expires =
@@ -392,6 +400,12 @@ impl Refresher {
                     })
                     .await;
                 match committed {
+                    Ok(()) if !applied.load(std::sync::atomic::Ordering::SeqCst) => {
+                        self.delete_record(new_record).await;
+                        Err(RefreshError::Rejected(
+                            "the connection was revoked during the refresh".into(),
+                        ))
+                    }
                     Ok(()) => {
                         self.stats
                             .ok
@@ -427,6 +441,9 @@ impl Refresher {
                             let Some(mut c) = t.connection(&id)? else {
                                 return Ok(());
                             };
+                            if c.status != ConnectionStatus::Active {
+                                return Ok(());
+                            }
                             c.strikes = if lost_rotation {
                                 MAX_STRIKES
                             } else {
@@ -511,6 +528,9 @@ impl Refresher {
                             let Some(mut c) = t.connection(&id)? else {
                                 return Ok(());
                             };
+                            if c.status != ConnectionStatus::Active {
+                                return Ok(());
+                            }
                             if !keep_marker {
                                 c.refresh.in_flight_since = None;
                             }

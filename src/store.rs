@@ -823,6 +823,7 @@ mod tests {
             strikes: 0,
             last_refresh: None,
             refresh: Default::default(),
+            subject: None,
         }
     }
 

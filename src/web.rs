@@ -14,6 +14,7 @@ pub mod browser;
 pub mod demo;
 pub mod demo_mcp;
 pub mod pages;
+pub mod webhooks;
 
 use axum::Router;
 use axum::extract::State;
@@ -63,6 +64,7 @@ pub fn router(state: AppState, limits: &Limits) -> Router {
         .route("/metrics", get(metrics))
         .merge(flow)
         .with_state(state.clone());
+    app = app.merge(webhooks::routes(state.gateway.clone()));
     app = app.merge(
         Router::new()
             .route("/mcp/{service}", axum::routing::any(crate::proxy::handle))

@@ -62,6 +62,41 @@ fn callback_corpus_replays() {
     );
 }
 
+#[test]
+fn github_webhook_corpus_replays() {
+    assert!(
+        replay("github_webhook", scopegate::fuzzing::github_webhook) >= 3,
+        "seeds missing"
+    );
+}
+
+#[test]
+fn slack_webhook_corpus_replays() {
+    assert!(
+        replay("slack_webhook", scopegate::fuzzing::slack_webhook) >= 3,
+        "seeds missing"
+    );
+}
+
+#[test]
+fn security_event_token_corpus_replays() {
+    assert!(
+        replay(
+            "security_event_token",
+            scopegate::fuzzing::security_event_token
+        ) >= 3,
+        "seeds missing"
+    );
+}
+
+#[test]
+fn jwks_corpus_replays() {
+    assert!(
+        replay("jwks", scopegate::fuzzing::jwks) >= 2,
+        "seeds missing"
+    );
+}
+
 /// Writes real sealed values and a real vault header as fuzz seeds:
 /// `cargo test --test fuzz_corpus -- --ignored write_sealed_seeds`.
 #[test]

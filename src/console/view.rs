@@ -521,7 +521,10 @@ fn detail(m: &Model, f: &mut Frame) {
                     kv("kind", format!("{:?}", c.kind).to_lowercase()),
                     kv("status", c.status.as_str()),
                     kv("reason", safe(c.status_reason.as_deref().unwrap_or("-"))),
-                    kv("degraded", safe(c.refresh.degraded.as_deref().unwrap_or("-"))),
+                    kv(
+                        "degraded",
+                        safe(c.refresh.degraded.as_deref().unwrap_or("-")),
+                    ),
                     kv("scopes", safe(&c.scopes.join(" "))),
                     // A keyed fingerprint identifies the secret without revealing it.
                     kv(

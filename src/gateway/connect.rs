@@ -7,13 +7,14 @@ use sha2::Sha256;
 use time::{Duration, OffsetDateTime};
 
 use super::{ADMIN, Gateway, GatewayError, SECRET_PREFIX};
+use crate::config::ServiceKind;
 use crate::oauth::pkce::{lookup_hash, random_token, s256_challenge};
 use crate::oauth::token::TokenResponse;
 use crate::secret::{SecretBytes, hex};
 use crate::store::audit::Event;
 use crate::store::{
-    Connection, ConnectionKind, ConnectionStatus, LoginLink, PendingAuthorization, Session,
-    StoreError, User,
+    Connection, ConnectionKind, ConnectionStatus, LoginLink, PendingAuthorization, ProviderSubject,
+    Session, StoreError, User,
 };
 
 pub const LOGIN_LINK_TTL: Duration = Duration::minutes(15);
@@ -329,6 +330,7 @@ impl Gateway {
                 strikes: 0,
                 last_refresh: None,
                 refresh: Default::default(),
+                subject: self.subject_of(&pending.service, tokens),
             };
             t.put_connection(&conn)?;
             t.audit(
@@ -360,6 +362,20 @@ impl Gateway {
                 Err(e.into())
             }
         }
+    }
+
+    /// The provider's ids for the account, from the token response (I18: revocation events
+    /// name accounts by these).
+    fn subject_of(&self, service: &str, tokens: &TokenResponse) -> Option<ProviderSubject> {
+        let provider = match &self.config.services.get(service)?.kind {
+            ServiceKind::Oauth { provider, .. } => provider.clone(),
+            ServiceKind::ApiKey { .. } => return None,
+        };
+        Some(ProviderSubject {
+            provider,
+            team: tokens.team.clone(),
+            id: tokens.subject.clone()?,
+        })
     }
 
     /// The sealed tokens of a live connection, for revocation at the provider.

@@ -204,6 +204,7 @@ mod tests {
             strikes: 0,
             last_refresh: None,
             refresh: RefreshState::default(),
+            subject: None,
         }
     }
 

@@ -15,7 +15,7 @@ use super::provider::{
     metadata_urls, resolve_static,
 };
 use super::token::{self, TokenError, TokenResponse};
-use crate::config::{ClientSecretSource, Provider, ProviderEndpoints};
+use crate::config::{Provider, ProviderEndpoints};
 use crate::secret::ClientSecret;
 
 const METADATA_CAP: usize = 256 * 1024;
@@ -46,31 +46,10 @@ pub struct ClientCredentials {
 impl ClientCredentials {
     /// Reads the secret from the env var or file the config names, at the moment of use.
     pub fn load(provider_name: &str, p: &Provider) -> Result<Self, ExchangeError> {
-        let secret = match &p.client_secret {
-            ClientSecretSource::None => None,
-            ClientSecretSource::Generated(s) => Some(s.clone()),
-            ClientSecretSource::Env(var) => Some(ClientSecret::new(
-                std::env::var(var)
-                    .map_err(|_| {
-                        ExchangeError::Credentials(format!(
-                            "provider {provider_name}: environment variable {var} is not set"
-                        ))
-                    })?
-                    .into_bytes(),
-            )),
-            ClientSecretSource::File(path) => {
-                let mut bytes = std::fs::read(path).map_err(|e| {
-                    ExchangeError::Credentials(format!(
-                        "provider {provider_name}: cannot read {}: {e}",
-                        path.display()
-                    ))
-                })?;
-                while matches!(bytes.last(), Some(b'\n' | b'\r')) {
-                    bytes.pop();
-                }
-                Some(ClientSecret::new(bytes))
-            }
-        };
+        let secret = p
+            .client_secret
+            .read(provider_name)
+            .map_err(ExchangeError::Credentials)?;
         Ok(Self {
             client_id: p.client_id.clone(),
             secret,
@@ -91,18 +70,8 @@ impl Default for OAuthClient {
 
 impl OAuthClient {
     pub fn new() -> Self {
-        // reqwest's rustls needs a process-wide crypto provider; a second install is a no-op.
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        #[allow(clippy::expect_used)] // invariant: this builder configuration is static and valid.
-        let http = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .connect_timeout(Duration::from_secs(5))
-            .timeout(Duration::from_secs(15))
-            .user_agent(concat!("scopegate/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .expect("HTTP client");
         Self {
-            http,
+            http: outbound_client(Duration::from_secs(15)),
             discovered: Mutex::new(HashMap::new()),
         }
     }
@@ -320,6 +289,34 @@ impl OAuthClient {
         )))
     }
 
+    /// The numeric GitHub user id behind a token (`GET /user`), which `github_app_authorization`
+    /// webhooks name as `sender.id`.
+    pub async fn github_user_id(&self, access_token: &[u8]) -> Result<String, ExchangeError> {
+        let token = zeroize::Zeroizing::new(String::from_utf8_lossy(access_token).into_owned());
+        let resp = self
+            .http
+            .get("https://api.github.com/user")
+            .bearer_auth(token.as_str())
+            .header("Accept", "application/vnd.github+json")
+            .send()
+            .await
+            .map_err(|e| ExchangeError::Network(e.without_url().to_string()))?;
+        if !resp.status().is_success() {
+            return Err(ExchangeError::Network(format!(
+                "GET /user answered HTTP {}",
+                resp.status().as_u16()
+            )));
+        }
+        let body = read_capped(resp, METADATA_CAP)
+            .await
+            .map_err(ExchangeError::Network)?;
+        serde_json::from_slice::<serde_json::Value>(&body)
+            .ok()
+            .and_then(|v| v.get("id").and_then(serde_json::Value::as_u64))
+            .map(|id| id.to_string())
+            .ok_or_else(|| ExchangeError::Network("GET /user has no numeric id".into()))
+    }
+
     pub async fn revoke_refresh_then_access(
         &self,
         rp: &ResolvedProvider,
@@ -341,6 +338,21 @@ impl OAuthClient {
     }
 }
 
+/// A client for servers the admin configured: no redirects (one could send credentials
+/// elsewhere), a connect timeout and an overall deadline.
+pub(crate) fn outbound_client(timeout: Duration) -> reqwest::Client {
+    // reqwest's rustls needs a process-wide crypto provider; a second install is a no-op.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    #[allow(clippy::expect_used)] // invariant: this builder configuration is static and valid.
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .connect_timeout(Duration::from_secs(5))
+        .timeout(timeout)
+        .user_agent(concat!("scopegate/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .expect("HTTP client")
+}
+
 /// RFC 6749 §2.3.1: both parts form-urlencoded before base64.
 fn basic_auth(id: &str, secret: &str) -> String {
     let enc = |s: &str| url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
@@ -351,7 +363,10 @@ fn basic_auth(id: &str, secret: &str) -> String {
     )
 }
 
-async fn read_capped(mut resp: reqwest::Response, cap: usize) -> Result<Vec<u8>, String> {
+pub(crate) async fn read_capped(
+    mut resp: reqwest::Response,
+    cap: usize,
+) -> Result<Vec<u8>, String> {
     if resp.content_length().is_some_and(|l| l as usize > cap) {
         return Err("the response is too large".into());
     }

@@ -32,8 +32,11 @@ pub struct TokenResponse {
     pub refresh_token: Option<RefreshToken>,
     /// Space-separated scopes the server says it granted, when it says.
     pub scope: Option<Vec<String>>,
-    /// The provider's id for the account (Slack `authed_user.id`, `team.id`), when given.
+    /// The provider's id for the account (Slack `authed_user.id`, the OIDC id_token `sub`;
+    /// GitHub's comes from `GET /user`), when known.
     pub subject: Option<String>,
+    /// Slack's workspace id (`team.id`).
+    pub team: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -167,6 +170,16 @@ pub fn parse(status: u16, body: &[u8], quirks: Quirks) -> Result<TokenResponse, 
             .map(str::to_owned)
             .collect()
     });
+    let team = obj
+        .get("team")
+        .and_then(|t| t.get("id"))
+        .and_then(Value::as_str)
+        .and_then(identifier);
+    let subject = subject.as_deref().and_then(identifier).or_else(|| {
+        obj.get("id_token")
+            .and_then(Value::as_str)
+            .and_then(id_token_sub)
+    });
     Ok(TokenResponse {
         access_token: AccessToken::new(access.as_bytes().to_vec()),
         token_type,
@@ -174,7 +187,31 @@ pub fn parse(status: u16, body: &[u8], quirks: Quirks) -> Result<TokenResponse, 
         refresh_token,
         scope,
         subject,
+        team,
     })
+}
+
+/// Provider account ids are short printable strings; anything else is not recorded.
+pub fn identifier(s: &str) -> Option<String> {
+    let ok = !s.is_empty() && s.len() <= 255 && s.bytes().all(|b| (0x21..=0x7e).contains(&b));
+    ok.then(|| s.to_owned())
+}
+
+/// The `sub` of an OIDC id_token, read as an identifier only. Its signature is not checked:
+/// the token came in the token endpoint's TLS response straight from the issuer (OIDC Core
+/// §3.1.3.7 item 6), and it decides no access — it only lets revocation events find the
+/// connection.
+fn id_token_sub(jwt: &str) -> Option<String> {
+    use base64::Engine;
+    let payload = jwt.split('.').nth(1)?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload.trim_end_matches('='))
+        .ok()?;
+    let claims: Value = serde_json::from_slice(&bytes).ok()?;
+    claims
+        .get("sub")
+        .and_then(Value::as_str)
+        .and_then(identifier)
 }
 
 #[cfg(test)]
@@ -254,6 +291,20 @@ mod tests {
         let r = parse(200, br#"{"ok":true,"authed_user":{"id":"U1","scope":"search:read","access_token":"xoxp-1","token_type":"user"},"team":{"id":"T1"}}"#, slack).unwrap();
         assert_eq!(r.access_token.expose_secret(), b"xoxp-1");
         assert_eq!(r.subject.as_deref(), Some("U1"));
+        assert_eq!(r.team.as_deref(), Some("T1"));
+    }
+
+    #[test]
+    fn the_id_token_sub_is_recorded_as_the_subject() {
+        // {"iss":"https://as.example","sub":"1108","aud":"c"} — unsigned: only the id is read.
+        let body = br#"{"access_token":"at","token_type":"Bearer","expires_in":60,"id_token":"eyJhbGciOiJub25lIn0.eyJpc3MiOiJodHRwczovL2FzLmV4YW1wbGUiLCJzdWIiOiIxMTA4IiwiYXVkIjoiYyJ9."}"#;
+        assert_eq!(
+            parse(200, body, STRICT).unwrap().subject.as_deref(),
+            Some("1108")
+        );
+        let body =
+            br#"{"access_token":"at","token_type":"Bearer","expires_in":60,"id_token":"x.!!!.y"}"#;
+        assert_eq!(parse(200, body, STRICT).unwrap().subject, None);
     }
 
     #[test]

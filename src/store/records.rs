@@ -83,6 +83,9 @@ pub struct Connection {
     /// Where the token lifecycle stands (in-flight marker, transient failures).
     #[serde(default, skip_serializing_if = "RefreshState::is_clear")]
     pub refresh: RefreshState,
+    /// Who the account is at the provider, so its revocation events find this connection (I18).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject: Option<ProviderSubject>,
 }
 
 /// The token lifecycle's durable state for one connection (I16, I17).
@@ -108,6 +111,18 @@ impl RefreshState {
     pub fn is_clear(&self) -> bool {
         *self == Self::default()
     }
+}
+
+/// The provider's own ids for the account behind a connection: a GitHub user id, a Slack team
+/// and user id, an OpenID Connect `sub`. Identifiers, not credentials.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ProviderSubject {
+    /// The config's provider name at connect time.
+    pub provider: String,
+    /// Slack workspace (`team.id`), for `app_uninstalled` and per-team user ids.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub team: Option<String>,
+    pub id: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]

@@ -607,7 +607,7 @@ pub async fn callback(
             );
         }
     };
-    let tokens = match state
+    let mut tokens = match state
         .oauth
         .exchange_code(
             &rp,
@@ -629,6 +629,24 @@ pub async fn callback(
             );
         }
     };
+    // GitHub's token response names no account; its revocation webhook names the user id.
+    if tokens.subject.is_none()
+        && matches!(
+            rp.revocation,
+            crate::oauth::provider::Revocation::GitHub { .. }
+        )
+    {
+        match state
+            .oauth
+            .github_user_id(tokens.access_token.expose_secret())
+            .await
+        {
+            Ok(id) => tokens.subject = Some(id),
+            Err(e) => {
+                tracing::warn!(error = %e, "GitHub user id unknown; revocation webhooks will not find this connection")
+            }
+        }
+    }
     // RFC 6749 §5.1: no `scope` in the response means exactly what was asked was granted.
     let granted = tokens
         .scope
