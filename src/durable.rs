@@ -4,8 +4,10 @@
 
 use redb::{Database, Durability, WriteTransaction};
 
-/// redb's default page cache is 1 GiB; capping it keeps memory flat as the files grow.
-pub const CACHE_BYTES: usize = 64 * 1024 * 1024;
+/// redb's default page cache is 1 GiB; capping it keeps memory flat as the files grow. Each of
+/// the two files gets this much; misses are served from the kernel's page cache. (64 MiB each
+/// measured 208 MiB RSS with a million connections after start-up's scans filled both.)
+pub const CACHE_BYTES: usize = 16 * 1024 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 #[error("storage error: {0}")]

@@ -51,6 +51,8 @@ pub struct Gateway {
     pub(crate) principals: agents::PrincipalCache,
     /// Tool use folded from the audit log (scope audit, agents' last seen).
     pub(crate) usage: std::sync::Mutex<scopes::UsageIndex>,
+    /// API keys past `rotate_after_days` at the last `rotation_sweep` (for /metrics).
+    pub overdue_api_keys: std::sync::atomic::AtomicU64,
 }
 
 /// One row of `connection list`: metadata and a fingerprint, never the secret.
@@ -121,6 +123,66 @@ impl Gateway {
             store,
             principals: agents::PrincipalCache::default(),
             usage: Default::default(),
+            overdue_api_keys: Default::default(),
+        }
+    }
+
+    /// The API-key rotation policy (`rotate_after_days`): keys past their age are flagged in
+    /// the audit log once each (one entry per key, in one commit) and counted for /metrics.
+    /// Streams the connections; returns how many keys are overdue.
+    pub fn rotation_sweep(&self) -> Result<u64, GatewayError> {
+        let now = OffsetDateTime::now_utc();
+        let mut overdue = 0u64;
+        let mut newly = Vec::new();
+        self.store.read()?.for_each_connection(|c| {
+            if self.rotation_due(&c, now) {
+                overdue += 1;
+                if c.refresh.rotation_flagged.is_none() {
+                    newly.push(c.id);
+                }
+            }
+            Ok(())
+        })?;
+        for chunk in newly.chunks(1000) {
+            self.store.write_optional(|t| {
+                let mut any = false;
+                for id in chunk {
+                    let Some(mut c) = t.connection(id)? else {
+                        continue;
+                    };
+                    if !self.rotation_due(&c, now) || c.refresh.rotation_flagged.is_some() {
+                        continue;
+                    }
+                    c.refresh.rotation_flagged = Some(t.now);
+                    t.put_connection(&c)?;
+                    let age = c.secret_set_at.map_or(0, |s| (now - s).whole_days());
+                    t.audit(
+                        Event::new(SYSTEM, "apikey.rotation_due", &c.id, "flagged")
+                            .detail("service", &c.service)
+                            .detail("age_days", age.to_string())
+                            .detail("key", c.secret_fingerprint.as_deref().unwrap_or("-")),
+                    )?;
+                    any = true;
+                }
+                Ok(any.then_some(()))
+            })?;
+        }
+        self.overdue_api_keys
+            .store(overdue, std::sync::atomic::Ordering::Relaxed);
+        Ok(overdue)
+    }
+
+    fn rotation_due(&self, c: &Connection, now: OffsetDateTime) -> bool {
+        match self.config.services.get(&c.service).map(|s| &s.kind) {
+            Some(ServiceKind::ApiKey {
+                rotate_after_days: Some(days),
+                ..
+            }) => {
+                c.status.holds_secrets()
+                    && c.secret_set_at
+                        .is_some_and(|t| now - t > time::Duration::days(i64::from(*days)))
+            }
+            _ => false,
         }
     }
 
@@ -214,17 +276,7 @@ impl Gateway {
     }
 
     fn view(&self, user: String, c: Connection, now: OffsetDateTime) -> ConnectionView {
-        let rotation_due = match self.config.services.get(&c.service).map(|s| &s.kind) {
-            Some(ServiceKind::ApiKey {
-                rotate_after_days: Some(days),
-                ..
-            }) => {
-                c.status.holds_secrets()
-                    && c.secret_set_at
-                        .is_some_and(|t| now - t > time::Duration::days(i64::from(*days)))
-            }
-            _ => false,
-        };
+        let rotation_due = self.rotation_due(&c, now);
         ConnectionView {
             id: c.id,
             user,
@@ -306,6 +358,8 @@ impl Gateway {
             conn.secret_record = Some(record.clone());
             conn.secret_fingerprint = Some(fingerprint.clone());
             conn.secret_set_at = Some(t.now);
+            // A new key starts a new rotation period.
+            conn.refresh.rotation_flagged = None;
             conn.updated = t.now;
             t.put_connection(&conn)?;
             t.audit(

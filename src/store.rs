@@ -592,6 +592,12 @@ impl Reader {
         audit_after(&self.0, after, limit)
     }
 
+    /// How many users there are (the table's length; nothing is decoded).
+    pub fn user_count(&self) -> Result<u64, StoreError> {
+        use redb::ReadableTableMetadata;
+        self.0.open_table(USERS).map_err(st)?.len().map_err(st)
+    }
+
     pub fn connection(&self, id: &str) -> Result<Option<Connection>, StoreError> {
         let t = self.0.open_table(CONNECTIONS).map_err(st)?;
         match t.get(id).map_err(st)? {

@@ -104,7 +104,7 @@ async fn metrics(State(s): State<AppState>) -> Response {
     let snapshot = tokio::task::spawn_blocking(move || -> Result<_, crate::store::StoreError> {
         let r = g.store.read()?;
         let conns = r.connection_counts()?;
-        let users = r.users()?.len();
+        let users = r.user_count()?;
         let head = r.audit_len()?;
         Ok((conns, users, head))
     })
@@ -142,6 +142,10 @@ async fn metrics(State(s): State<AppState>) -> Response {
     ));
     out.push_str(&format!(
         "# HELP scopegate_audit_entries Entries in the audit log.\n# TYPE scopegate_audit_entries gauge\nscopegate_audit_entries {audit_entries}\n"
+    ));
+    out.push_str(&format!(
+        "# HELP scopegate_api_keys_rotation_due API keys older than their service's rotate_after_days.\n# TYPE scopegate_api_keys_rotation_due gauge\nscopegate_api_keys_rotation_due {}\n",
+        s.gateway.overdue_api_keys.load(Ordering::Relaxed)
     ));
     let m = &s.metrics;
     out.push_str(&format!(

@@ -544,3 +544,48 @@ fn the_live_connection_index_follows_every_change() {
         c2.id
     );
 }
+
+/// The API-key rotation policy: a key older than `rotate_after_days` is flagged in the list,
+/// once in the audit log (not again on the next sweep), counted for /metrics, and a new key
+/// (`apikey set` on the existing connection) starts a new period.
+#[test]
+fn overdue_api_keys_are_flagged_once_and_rotation_clears_them() {
+    let f = fixture();
+    f.g.user_add("alice").unwrap();
+    let c =
+        f.g.apikey_set("search", "alice", &key("old-key-1"))
+            .unwrap();
+    assert_eq!(f.g.rotation_sweep().unwrap(), 0, "a fresh key is not due");
+    // Age the key by two days (the policy is one day).
+    f.g.store
+        .write(|t| {
+            let mut c = t.connection(&c.id)?.unwrap();
+            c.secret_set_at = Some(t.now - time::Duration::days(2));
+            t.put_connection(&c)?;
+            t.audit(scopegate::store::audit::Event::new(
+                "test", "age", &c.id, "ok",
+            ))
+            .map(drop)
+        })
+        .unwrap();
+    let flagged = |g: &Gateway| {
+        g.audit_after(0, 10_000)
+            .unwrap()
+            .into_iter()
+            .filter(|e| e.action == "apikey.rotation_due")
+            .count()
+    };
+    assert_eq!(f.g.rotation_sweep().unwrap(), 1);
+    assert_eq!(f.g.rotation_sweep().unwrap(), 1, "still due");
+    assert_eq!(flagged(&f.g), 1, "flagged once, not per sweep");
+    assert_eq!(
+        f.g.overdue_api_keys
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
+    assert!(f.g.connections(None).unwrap()[0].rotation_due);
+    f.g.apikey_set("search", "alice", &key("new-key-2"))
+        .unwrap();
+    assert_eq!(f.g.rotation_sweep().unwrap(), 0, "the rotated key is fresh");
+    assert!(!f.g.connections(None).unwrap()[0].rotation_due);
+}

@@ -216,6 +216,23 @@ async fn run_async(
         .await?;
         tracing::info!(scheduled = scheduler.len(), "refresh scheduler started");
     }
+    {
+        // The API-key rotation policy: at start, then hourly.
+        let g = gateway.clone();
+        let mut stop = rx.clone();
+        tokio::spawn(async move {
+            loop {
+                let g2 = g.clone();
+                if let Ok(Err(e)) = tokio::task::spawn_blocking(move || g2.rotation_sweep()).await {
+                    tracing::warn!(error = %e, "API-key rotation sweep failed");
+                }
+                tokio::select! {
+                    () = tokio::time::sleep(std::time::Duration::from_secs(3600)) => {}
+                    _ = stop.changed() => return,
+                }
+            }
+        });
+    }
     let state = web::AppState {
         gateway: gateway.clone(),
         metrics: metrics.clone(),
@@ -241,8 +258,8 @@ async fn run_async(
                 listen: addr.to_string(),
                 users: r
                     .as_ref()
-                    .and_then(|r| r.users().ok())
-                    .map_or(0, |u| u.len()),
+                    .and_then(|r| r.user_count().ok())
+                    .map_or(0, |n| n as usize),
                 connections: r
                     .as_ref()
                     .and_then(|r| r.connection_counts().ok())

@@ -105,6 +105,9 @@ pub struct RefreshState {
     /// Not before this time (backoff, or the provider's Retry-After).
     #[serde(with = "time::serde::rfc3339::option", default)]
     pub retry_at: Option<OffsetDateTime>,
+    /// When this API key was flagged overdue for rotation in the audit log (once per key).
+    #[serde(with = "time::serde::rfc3339::option", default)]
+    pub rotation_flagged: Option<OffsetDateTime>,
 }
 
 impl RefreshState {
