@@ -1,8 +1,13 @@
 //! A minimal MCP-shaped upstream for `bench/proxy.sh`: answers every POST with a fixed
 //! JSON-RPC result, checking only that the expected API key arrived (so a benchmark can't pass
-//! with credential injection broken).  usage: bench_upstream PORT EXPECTED_KEY
+//! with credential injection broken). `POST /token` is a stub token endpoint for the refresh
+//! benchmark: every request gets a fresh access and refresh token (one hour), and
+//! `GET /token-stats` says how many it issued.  usage: bench_upstream PORT EXPECTED_KEY
 
 use std::convert::Infallible;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+static ISSUED: AtomicU64 = AtomicU64::new(0);
 use std::net::SocketAddr;
 
 use http_body_util::Full;
@@ -28,6 +33,20 @@ async fn main() {
         let _ = stream.set_nodelay(true);
         tokio::spawn(async move {
             let svc = service_fn(move |req: Request<hyper::body::Incoming>| async move {
+                if req.uri().path() == "/token" {
+                    let n = ISSUED.fetch_add(1, Ordering::Relaxed);
+                    let body = format!(
+                        r#"{{"access_token":"bench-at-{n}","token_type":"Bearer","expires_in":3600,"refresh_token":"bench-rt-{n}"}}"#
+                    );
+                    let resp = Response::builder()
+                        .header("content-type", "application/json")
+                        .body(Full::new(Bytes::from(body)));
+                    return Ok::<_, Infallible>(resp.unwrap_or_default());
+                }
+                if req.uri().path() == "/token-stats" {
+                    let body = ISSUED.load(Ordering::Relaxed).to_string();
+                    return Ok(Response::new(Full::new(Bytes::from(body))));
+                }
                 let ok = req
                     .headers()
                     .get("x-api-key")

@@ -1,7 +1,9 @@
 //! Seeds N users, each with an API-key connection to one service, into an initialised data
 //! folder through the real store and vault code (sealed keys, derived tables, audit entries),
 //! in batches of one transaction each. For `bench/rss.sh`.
-//! usage: SCOPEGATE_PASSPHRASE=… seed_connections DATA_DIR SERVICE N KEY
+//! usage: SCOPEGATE_PASSPHRASE=… seed_connections DATA_DIR SERVICE N KEY [oauth]
+//! With `oauth`, the connections are OAuth ones whose access tokens expired a minute ago
+//! (sealed access and refresh tokens), for the refresh-storm benchmark.
 
 use std::time::Instant;
 
@@ -21,6 +23,7 @@ fn main() -> anyhow::Result<()> {
         anyhow::bail!("usage: seed_connections DATA_DIR SERVICE N KEY");
     };
     let n: usize = n.parse()?;
+    let oauth = args.next().as_deref() == Some("oauth");
     let dir = DataDir::new(dir);
     let pass = passphrase::read(Purpose::Unlock)?;
     let vault = Vault::unlock(&dir.vault_path(), &pass)?;
@@ -35,10 +38,22 @@ fn main() -> anyhow::Result<()> {
     while done < n {
         let end = (done + BATCH).min(n);
         let records: Vec<String> = (done..end).map(|i| format!("secret/seed-{i:09}")).collect();
-        let items: Vec<(&str, &str, &[u8])> = records
-            .iter()
-            .map(|r| (r.as_str(), "api_key", key.as_bytes()))
-            .collect();
+        let items: Vec<(&str, &str, &[u8])> = if oauth {
+            records
+                .iter()
+                .flat_map(|r| {
+                    [
+                        (r.as_str(), "access_token", key.as_bytes()),
+                        (r.as_str(), "refresh_token", key.as_bytes()),
+                    ]
+                })
+                .collect()
+        } else {
+            records
+                .iter()
+                .map(|r| (r.as_str(), "api_key", key.as_bytes()))
+                .collect()
+        };
         vault.put_many(&items)?;
         store.write(|t| {
             for (i, record) in (done..end).zip(&records) {
@@ -52,7 +67,11 @@ fn main() -> anyhow::Result<()> {
                     id: format!("seed-conn-{i:09}"),
                     user_id: user.id.clone(),
                     service: service.clone(),
-                    kind: ConnectionKind::ApiKey,
+                    kind: if oauth {
+                        ConnectionKind::Oauth
+                    } else {
+                        ConnectionKind::ApiKey
+                    },
                     status: ConnectionStatus::Active,
                     status_reason: None,
                     secret_record: Some(record.clone()),
@@ -60,8 +79,8 @@ fn main() -> anyhow::Result<()> {
                     scopes: Vec::new(),
                     created: t.now,
                     updated: t.now,
-                    secret_set_at: Some(t.now),
-                    access_expires: None,
+                    secret_set_at: Some(t.now - time::Duration::hours(1)),
+                    access_expires: oauth.then(|| t.now - time::Duration::minutes(1)),
                     issuer: None,
                     strikes: 0,
                     last_refresh: None,

@@ -108,7 +108,7 @@ pub struct RefreshStats {
 pub struct Refresher {
     gateway: Arc<Gateway>,
     oauth: Arc<OAuthClient>,
-    committer: Committer,
+    pub committer: Committer,
     clock: Arc<dyn Clock>,
     flights: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// When each connection was last refreshed because upstream said 401.

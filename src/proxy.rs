@@ -170,7 +170,7 @@ pub struct Proxy {
     public_origin: String,
     connect_url: String,
     pub response_start_timeout: Duration,
-    refresher: Arc<crate::lifecycle::Refresher>,
+    pub refresher: Arc<crate::lifecycle::Refresher>,
     streams: Arc<Mutex<HashMap<String, usize>>>,
 }
 

@@ -147,6 +147,24 @@ async fn metrics(State(s): State<AppState>) -> Response {
         "# HELP scopegate_api_keys_rotation_due API keys older than their service's rotate_after_days.\n# TYPE scopegate_api_keys_rotation_due gauge\nscopegate_api_keys_rotation_due {}\n",
         s.gateway.overdue_api_keys.load(Ordering::Relaxed)
     ));
+    {
+        use std::sync::atomic::Ordering::Relaxed;
+        let r = &s.proxy.refresher;
+        out.push_str("# HELP scopegate_token_refreshes_total Token requests for refresh, by outcome.\n# TYPE scopegate_token_refreshes_total counter\n");
+        for (outcome, n) in [
+            ("ok", r.stats.ok.load(Relaxed)),
+            ("rejected", r.stats.rejected.load(Relaxed)),
+            ("transient", r.stats.transient.load(Relaxed)),
+        ] {
+            out.push_str(&format!(
+                "scopegate_token_refreshes_total{{outcome=\"{outcome}\"}} {n}\n"
+            ));
+        }
+        out.push_str(&format!(
+            "# HELP scopegate_refresh_commits_total Store commits of refresh markers and results (group-committed).\n# TYPE scopegate_refresh_commits_total counter\nscopegate_refresh_commits_total {}\n",
+            r.committer.commits.load(Relaxed)
+        ));
+    }
     let m = &s.metrics;
     out.push_str(&format!(
         "# HELP scopegate_http_requests_total HTTP requests received.\n# TYPE scopegate_http_requests_total counter\nscopegate_http_requests_total {}\n",

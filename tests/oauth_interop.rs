@@ -1016,3 +1016,122 @@ async fn sigkill_during_refresh_loses_nothing_and_never_loops() {
     );
     assert_eq!(working + reauth, runs);
 }
+
+/// Issue 4's interop: the official Python MCP SDK server behind the gateway as an OAuth
+/// resource server, validating every token it receives by introspection at the same
+/// oidc-provider (through the SDK's bearer-auth middleware); the official Python SDK client in
+/// front with an agent token, in both eras. `whoami` reports the connected user (the token's
+/// subject), and the agent's token never reaches upstream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_sdk_resource_server_validates_gateway_tokens_by_introspection() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop");
+    let up = free_port();
+    let s = setup_with(1, 3600, &format!("http://127.0.0.1:{up}/mcp"));
+    let tmp = tempfile::tempdir().unwrap();
+    let log = tmp.path().join("upstream.log");
+    let mut upstream = Command::new("python3")
+        .arg(root.join("mcp_upstream.py"))
+        .env("PORT", up.to_string())
+        .env("INTROSPECT", s.ops[0].issuer())
+        .env("INTROSPECT_CLIENT", "scopegate")
+        .env("INTROSPECT_SECRET", CLIENT_SECRET)
+        .stdout(std::fs::File::create(&log).unwrap())
+        .stderr(std::fs::File::create(tmp.path().join("upstream.err")).unwrap())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", up)).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "the Python upstream did not start"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Without a token the SDK's middleware refuses: the upstream really checks.
+    let bare = reqwest::Client::new()
+        .post(format!("http://127.0.0.1:{up}/mcp"))
+        .header("content-type", "application/json")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bare.status().as_u16(), 401);
+    let mut b = s.browser("alice").await;
+    let cb = s.authorize(&mut b, "files").await;
+    assert_eq!(b.get(&cb).await.status, 303);
+    s.inst.ok(
+        &[
+            "profile",
+            "add",
+            "no-writes",
+            "--allow",
+            "files:whoami",
+            "files:headers",
+        ],
+        b"",
+    );
+    let token = s
+        .inst
+        .ok(
+            &[
+                "agent",
+                "add",
+                "py",
+                "--user",
+                "alice",
+                "--profile",
+                "no-writes",
+            ],
+            b"",
+        )
+        .trim()
+        .to_owned();
+    let introspections = s.ops[0].stat("introspections").await;
+    let url = format!("{}/mcp/files", s.base);
+    for mode in ["legacy", "auto"] {
+        let out = tokio::process::Command::new("python3")
+            .arg(root.join("mcp_client.py"))
+            .args([&url, &token, mode])
+            .output()
+            .await
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "{mode}: {stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+        println!(
+            "introspecting Python SDK upstream, {mode}: negotiated {}",
+            v["protocol"]
+        );
+        assert_eq!(v["whoami"], "alice", "{mode}: {v}");
+        assert_eq!(
+            v["tools"],
+            serde_json::json!(["headers", "whoami"]),
+            "{mode}"
+        );
+        assert_eq!(
+            v["write_file"]["is_error"], true,
+            "{mode}: a denied tool ran"
+        );
+        let headers = serde_json::to_string(&v["headers"]).unwrap();
+        assert!(
+            !headers.contains(&token[4..]),
+            "{mode}: the agent token reached upstream"
+        );
+        assert!(
+            v["headers"]["authorization"]
+                .as_str()
+                .is_some_and(|a| a.starts_with("Bearer ")),
+            "{mode}: no bearer token arrived: {headers}"
+        );
+    }
+    assert!(
+        s.ops[0].stat("introspections").await > introspections,
+        "the upstream did not introspect"
+    );
+    let _ = upstream.kill();
+    let _ = upstream.wait();
+}

@@ -56,6 +56,13 @@ async fn upstream() -> (u16, Arc<Mutex<Seen>>) {
                             tokio::time::sleep(Duration::from_secs(3600)).await;
                             json_resp(Value::Null)
                         }
+                        Some("soak") => {
+                            let secs = v["params"]["arguments"]["secs"].as_u64().unwrap_or(1);
+                            axum::response::Response::builder()
+                                .header("content-type", "text/event-stream")
+                                .body(axum::body::Body::from_stream(soak_stream(id, secs)))
+                                .unwrap()
+                        }
                         Some("stream") => {
                             let s = async_stream(id);
                             axum::response::Response::builder()
@@ -103,6 +110,31 @@ fn async_stream(id: Value) -> impl futures_util::Stream<Item = Result<Vec<u8>, s
     })
 }
 
+/// An SSE answer that lasts `secs`: a heartbeat comment every second (so the gateway's idle
+/// timeout, 3 s in these tests, never fires), then the result.
+fn soak_stream(
+    id: Value,
+    secs: u64,
+) -> impl futures_util::Stream<Item = Result<Vec<u8>, std::io::Error>> {
+    let last = format!(
+        "event: message\ndata: {}\n\n",
+        json!({"jsonrpc":"2.0","id":id,"result":{"content":[{"type":"text","text":"soaked"}]}})
+    );
+    futures_util::stream::unfold(0u64, move |i| {
+        let last = last.clone();
+        async move {
+            if i > secs {
+                return None;
+            }
+            if i == secs {
+                return Some((Ok(last.into_bytes()), i + 1));
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            Some((Ok(b": heartbeat\n\n".to_vec()), i + 1))
+        }
+    })
+}
+
 struct Env {
     inst: Instance,
     _server: harness::Server,
@@ -116,7 +148,7 @@ async fn env() -> Env {
     let gw = free_port();
     let base = format!("http://127.0.0.1:{gw}");
     let inst = Instance::init_with(&format!(
-        "listen = \"127.0.0.1:{gw}\"\n[limits]\nupstream_response_timeout_secs = 2\nmax_body_bytes = 65536\nmax_streams_per_agent = 2\n\
+        "listen = \"127.0.0.1:{gw}\"\n[limits]\nupstream_response_timeout_secs = 2\nstream_idle_timeout_secs = 3\nmax_body_bytes = 65536\nmax_streams_per_agent = 2\n\
          [services.files]\nkind = \"api_key\"\nmcp_url = \"http://127.0.0.1:{up}/mcp\"\nheader = \"X-API-Key\"\n\
          [services.search]\nkind = \"api_key\"\nmcp_url = \"http://127.0.0.1:{up}/mcp\"\n"
     ));
@@ -701,4 +733,53 @@ async fn rotated_and_revoked_credentials_take_effect_on_the_next_call() {
     let v: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(v["error"]["code"], -32042, "{body}");
     assert_eq!(e.upstream_count(), before, "a revoked credential was used");
+}
+
+/// A long SSE answer with heartbeats survives the gateway (whose idle timeout is 3 s here and
+/// whose response-start timeout is 2 s): `SCOPEGATE_SSE_SOAK_SECS` long (20 s here; 300 for
+/// the issue's five-minute run), every heartbeat relayed as it comes, then the result.
+#[tokio::test]
+async fn a_long_sse_stream_with_heartbeats_survives() {
+    let secs: u64 = std::env::var("SCOPEGATE_SSE_SOAK_SECS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20);
+    let e = env().await;
+    let agent = e.agent("soaker", "alice", None);
+    let body = json!({"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"soak","arguments":{"secs":secs}}});
+    let started = Instant::now();
+    let r = e
+        .http
+        .post(format!("{}/mcp/files", e.base))
+        .bearer_auth(&agent)
+        .header("content-type", "application/json")
+        .header("accept", "application/json, text/event-stream")
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let mut stream = r.bytes_stream();
+    let (mut heartbeats, mut text, mut gaps) = (0u64, String::new(), Duration::ZERO);
+    let mut last = Instant::now();
+    use futures_util::StreamExt;
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.expect("the stream was cut");
+        gaps = gaps.max(last.elapsed());
+        last = Instant::now();
+        let s = String::from_utf8_lossy(&chunk);
+        heartbeats += s.matches(": heartbeat").count() as u64;
+        text.push_str(&s);
+    }
+    assert!(
+        text.contains("soaked"),
+        "no result after {heartbeats} heartbeats: {text}"
+    );
+    assert_eq!(heartbeats, secs, "heartbeats were lost or held back");
+    assert!(started.elapsed() >= Duration::from_secs(secs));
+    assert!(
+        gaps < Duration::from_millis(2500),
+        "heartbeats were buffered: longest gap {gaps:?}"
+    );
+    println!("{secs} s SSE stream: {heartbeats} heartbeats relayed, longest gap {gaps:?}");
 }

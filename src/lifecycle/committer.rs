@@ -41,11 +41,15 @@ pub enum CommitError {
 #[derive(Clone)]
 pub struct Committer {
     tx: mpsc::Sender<(Job, oneshot::Sender<Result<(), CommitError>>)>,
+    /// Store commits made (each carrying one batch), for /metrics.
+    pub commits: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Committer {
     pub fn start(gateway: Arc<Gateway>) -> Self {
         let (tx, mut rx) = mpsc::channel::<(Job, oneshot::Sender<Result<(), CommitError>>)>(QUEUE);
+        let commits = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let counter = commits.clone();
         tokio::spawn(async move {
             let mut batch = Vec::with_capacity(BATCH);
             while let Some(first) = rx.recv().await {
@@ -59,6 +63,7 @@ impl Committer {
                     }
                 }
                 let jobs = std::mem::take(&mut batch);
+                counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 let g = gateway.clone();
                 let outcome = tokio::task::spawn_blocking(move || {
                     let (jobs, waiters): (Vec<Job>, Vec<_>) = jobs.into_iter().unzip();
@@ -78,7 +83,7 @@ impl Committer {
                 }
             }
         });
-        Self { tx }
+        Self { tx, commits }
     }
 
     /// Sends `job` and waits until it is durable (or has failed).
