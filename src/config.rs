@@ -44,6 +44,7 @@ struct RawLimits {
     refresh_concurrency_per_provider: Option<usize>,
     refresh_startup_spread_secs: Option<u64>,
     proactive_refresh: Option<bool>,
+    strike_interval_secs: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -116,6 +117,9 @@ pub struct Limits {
     pub refresh_startup_spread_secs: u64,
     /// Refresh ahead of use (at 80% of lifetime); off leaves only on-demand refresh.
     pub proactive_refresh: bool,
+    /// Definitive refresh rejections are retried this far apart (times the strike count), so
+    /// a passing misconfiguration (a client secret mid-rotation) cannot use up three at once.
+    pub strike_interval_secs: u64,
 }
 
 impl Default for Limits {
@@ -132,6 +136,7 @@ impl Default for Limits {
             refresh_concurrency_per_provider: 8,
             refresh_startup_spread_secs: 30,
             proactive_refresh: true,
+            strike_interval_secs: 300,
         }
     }
 }
@@ -329,6 +334,11 @@ fn check(raw: RawConfig) -> Result<Config, String> {
             .refresh_startup_spread_secs
             .unwrap_or(d.refresh_startup_spread_secs),
         proactive_refresh: l.proactive_refresh.unwrap_or(d.proactive_refresh),
+        strike_interval_secs: positive(
+            "limits.strike_interval_secs",
+            l.strike_interval_secs,
+            d.strike_interval_secs,
+        )?,
     };
     let mut providers = BTreeMap::new();
     for (name, p) in raw.providers {

@@ -68,10 +68,23 @@ enum Trigger<'a> {
 /// Whether an error is the provider's final word (a strike) rather than a passing failure.
 fn definitive(e: &ExchangeError) -> bool {
     match e {
-        // Error codes that say "try later" are not the provider's final word.
-        ExchangeError::Token(TokenError::Refused { error, .. }) => !matches!(
+        // An allow-list: only codes that say the grant or the client is refused are the
+        // provider's final word (RFC 6749 §5.2, and the vendors' equivalents, Slack's in a
+        // 200). Anything else — `temporarily_unavailable`, Slack's `ratelimited` or
+        // `internal_error`, codes we do not know — is transient, so an incident at the
+        // provider never uses up strikes.
+        ExchangeError::Token(TokenError::Refused { error, .. }) => matches!(
             error.as_str(),
-            "temporarily_unavailable" | "server_error" | "slow_down"
+            "invalid_grant"
+                | "invalid_client"
+                | "unauthorized_client"
+                | "invalid_refresh_token"
+                | "token_revoked"
+                | "token_expired"
+                | "invalid_client_id"
+                | "bad_client_secret"
+                | "bad_refresh_token"
+                | "incorrect_client_credentials"
         ),
         _ => false,
     }
@@ -80,7 +93,15 @@ fn definitive(e: &ExchangeError) -> bool {
 /// Whether the request may have been processed by the provider although we have no answer
 /// (so a rotation may have happened): network errors and timeouts, not a 5xx/429 answer.
 fn outcome_unknown(e: &ExchangeError) -> bool {
-    matches!(e, ExchangeError::Network(_))
+    match e {
+        ExchangeError::Network(_) => true,
+        // An answer we could not read or accept (too large, not JSON, a field missing) may
+        // still have been a success that rotated the token.
+        ExchangeError::Token(t) => {
+            !matches!(t, TokenError::Refused { .. } | TokenError::HttpStatus(_))
+        }
+        _ => false,
+    }
 }
 
 /// Exponential backoff with ±25% jitter; the provider's Retry-After wins when longer.
@@ -159,7 +180,7 @@ impl Refresher {
 
     /// A refresh because upstream answered 401: rate-limited per connection.
     pub async fn refresh_after_401(
-        &self,
+        self: &Arc<Self>,
         conn_id: &str,
         seen_record: Option<&str>,
     ) -> Result<(), RefreshError> {
@@ -182,7 +203,7 @@ impl Refresher {
     /// Refreshes the connection unless someone else did while we waited (`seen_record` is
     /// the sealed record the caller found stale).
     pub async fn refresh(
-        &self,
+        self: &Arc<Self>,
         conn_id: &str,
         seen_record: Option<&str>,
     ) -> Result<(), RefreshError> {
@@ -192,7 +213,7 @@ impl Refresher {
 
     /// As `refresh`, asked for by an admin (`connection refresh`, the console).
     pub async fn refresh_by_admin(
-        &self,
+        self: &Arc<Self>,
         conn_id: &str,
         seen_record: Option<&str>,
     ) -> Result<(), RefreshError> {
@@ -201,13 +222,15 @@ impl Refresher {
     }
 
     /// The scheduler's refresh: only if the connection is still due.
-    pub async fn refresh_due(&self, conn_id: &str) -> Result<(), RefreshError> {
+    pub async fn refresh_due(self: &Arc<Self>, conn_id: &str) -> Result<(), RefreshError> {
         self.run(conn_id, Trigger::Due, "scheduled").await
     }
 
-    /// `why` names the trigger in the audit entry.
+    /// `why` names the trigger in the audit entry. The refresh runs in its own task: an agent
+    /// that hangs up mid-refresh must not drop the provider's answer (a rotated refresh token)
+    /// on the floor.
     async fn run(
-        &self,
+        self: &Arc<Self>,
         conn_id: &str,
         trigger: Trigger<'_>,
         why: &'static str,
@@ -216,10 +239,20 @@ impl Refresher {
             let mut m = self.flights.lock().map_err(internal)?;
             m.entry(conn_id.to_owned()).or_default().clone()
         };
-        let result = {
-            let _turn = flight.lock().await;
-            self.run_alone(conn_id, trigger, why).await
+        let (me, id, f2) = (self.clone(), conn_id.to_owned(), flight.clone());
+        let seen: Option<Option<String>> = match trigger {
+            Trigger::Stale(r) => Some(r.map(str::to_owned)),
+            Trigger::Due => None,
         };
+        let task = tokio::spawn(async move {
+            let _turn = f2.lock().await;
+            let trigger = match &seen {
+                Some(r) => Trigger::Stale(r.as_deref()),
+                None => Trigger::Due,
+            };
+            me.run_alone(&id, trigger, why).await
+        });
+        let result = task.await.unwrap_or_else(|e| Err(internal(e)));
         // The map keeps only flights someone is in or waiting for.
         if let Ok(mut m) = self.flights.lock()
             && m.get(conn_id).is_some_and(|f| Arc::strong_count(f) <= 2)
@@ -312,12 +345,15 @@ impl Refresher {
         let resumed = conn.refresh.in_flight_since.is_some();
         if !resumed {
             let id = conn.id.clone();
+            let from = record.clone();
             let at = now;
             self.committer
                 .commit(Job {
                     seal: Vec::new(),
                     apply: Box::new(move |t| {
-                        if let Some(mut c) = t.connection(&id)? {
+                        if let Some(mut c) = t.connection(&id)?
+                            && c.secret_record.as_deref() == Some(from.as_str())
+                        {
                             c.refresh.in_flight_since = Some(at);
                             t.put_connection(&c)?;
                         }
@@ -352,7 +388,7 @@ impl Refresher {
                         .to_vec(),
                 );
                 let access = SecretBytes::new(tokens.access_token.expose_secret().to_vec());
-                let (id, nr) = (conn.id.clone(), new_record.clone());
+                let (id, nr, from) = (conn.id.clone(), new_record.clone(), record.clone());
                 let (expires_in, scope) = (tokens.expires_in, tokens.scope.clone());
                 // A revocation (admin, webhook) that landed during the request wins: the new
                 // tokens are not attached to a connection that is no longer active.
@@ -372,7 +408,12 @@ impl Refresher {
                             let Some(mut c) = t.connection(&id)? else {
                                 return Ok(());
                             };
-                            if c.status != ConnectionStatus::Active {
+                            // A revocation or a reconnect that landed during the request wins:
+                            // the new tokens are not attached to a connection that is no longer
+                            // the one this refresh started from.
+                            if c.status != ConnectionStatus::Active
+                                || c.secret_record.as_deref() != Some(from.as_str())
+                            {
                                 return Ok(());
                             }
                             applied2.store(true, std::sync::atomic::Ordering::SeqCst);
@@ -428,9 +469,12 @@ impl Refresher {
                 // The one retry after a lost outcome was refused: the provider rotated the
                 // token we hold (reuse detection may have ended the grant). Trying again could
                 // only loop, so the user reconnects.
+                let strike_spacing = Duration::seconds(
+                    i64::try_from(self.gateway.config.limits.strike_interval_secs).unwrap_or(300),
+                );
                 let lost_rotation = resumed
                     && matches!(&e, ExchangeError::Token(TokenError::Refused { error, .. }) if error == "invalid_grant");
-                let (id, r2) = (conn.id.clone(), reason.clone());
+                let (id, r2, from) = (conn.id.clone(), reason.clone(), record.clone());
                 let ended = Arc::new(Mutex::new(false));
                 let ended2 = ended.clone();
                 let committed = self
@@ -441,7 +485,9 @@ impl Refresher {
                             let Some(mut c) = t.connection(&id)? else {
                                 return Ok(());
                             };
-                            if c.status != ConnectionStatus::Active {
+                            if c.status != ConnectionStatus::Active
+                                || c.secret_record.as_deref() != Some(from.as_str())
+                            {
                                 return Ok(());
                             }
                             c.strikes = if lost_rotation {
@@ -453,7 +499,7 @@ impl Refresher {
                             // client secret answers invalid_client) must not use up all three
                             // in a moment.
                             c.refresh = crate::store::RefreshState {
-                                retry_at: Some(received + backoff(c.strikes, None, random_unit())),
+                                retry_at: Some(received + strike_spacing * i32::try_from(c.strikes).unwrap_or(3)),
                                 ..Default::default()
                             };
                             c.updated = t.now;
@@ -516,10 +562,12 @@ impl Refresher {
                     ExchangeError::Unavailable { retry_after, .. } => *retry_after,
                     _ => None,
                 };
-                let keep_marker = outcome_unknown(&e);
+                // A resumed attempt keeps the marker whatever happens short of success: the
+                // earlier outcome is still unknown.
+                let keep_marker = resumed || outcome_unknown(&e);
                 let failures = conn.refresh.transient_failures + 1;
                 let wait = backoff(failures, retry_after, random_unit());
-                let (id, r2) = (conn.id.clone(), reason.clone());
+                let (id, r2, from) = (conn.id.clone(), reason.clone(), record.clone());
                 let _ = self
                     .committer
                     .commit(Job {
@@ -528,7 +576,9 @@ impl Refresher {
                             let Some(mut c) = t.connection(&id)? else {
                                 return Ok(());
                             };
-                            if c.status != ConnectionStatus::Active {
+                            if c.status != ConnectionStatus::Active
+                                || c.secret_record.as_deref() != Some(from.as_str())
+                            {
                                 return Ok(());
                             }
                             if !keep_marker {
@@ -672,6 +722,41 @@ impl Scheduler {
         }
     }
 
+    /// After a scheduled attempt: put the connection back where it now belongs. Paths that
+    /// wrote nothing (the provider's metadata unreachable, a vault error) would otherwise drop
+    /// it from the schedule for good; one still due is retried in a minute, not at once.
+    async fn retrack(self: &Arc<Self>, id: &str) {
+        let g = self.refresher.gateway.clone();
+        let id2 = id.to_owned();
+        let conn = tokio::task::spawn_blocking(move || g.store.read()?.connection(&id2)).await;
+        let now = self.refresher.clock.now();
+        match conn {
+            Ok(Ok(Some(c))) => {
+                let still_due = c.refresh.in_flight_since.is_none()
+                    && schedule::due_at(&c, 0.0).is_some_and(|d| d <= now);
+                self.track(&c, false);
+                if still_due && let Ok(mut s) = self.schedule.lock() {
+                    s.upsert(id, now + Duration::minutes(1));
+                }
+            }
+            Ok(Ok(None)) => self.track_removed(id),
+            _ => {
+                if let Ok(mut s) = self.schedule.lock() {
+                    s.upsert(id, now + Duration::minutes(1));
+                }
+            }
+        }
+    }
+
+    fn track_removed(&self, id: &str) {
+        if let Ok(mut s) = self.schedule.lock() {
+            s.remove(id);
+        }
+        if let Ok(mut m) = self.provider_of.lock() {
+            m.remove(id);
+        }
+    }
+
     fn limit_for(&self, provider: &Arc<str>) -> Arc<tokio::sync::Semaphore> {
         let mut m = self.limits.lock().unwrap_or_else(|p| p.into_inner());
         m.entry(provider.clone())
@@ -705,7 +790,7 @@ impl Scheduler {
                     .and_then(|m| m.get(&id).cloned());
                 let Some(provider) = provider else { continue };
                 let limit = self.limit_for(&provider);
-                let r = self.refresher.clone();
+                let (r, me) = (self.refresher.clone(), self.clone());
                 tokio::spawn(async move {
                     let _overall = permit;
                     let Ok(_p) = limit.acquire_owned().await else {
@@ -714,6 +799,7 @@ impl Scheduler {
                     if let Err(e) = r.refresh_due(&id).await {
                         tracing::debug!(connection = %id, error = %e, "scheduled refresh failed");
                     }
+                    me.retrack(&id).await;
                 });
             }
             let next = self.schedule.lock().ok().and_then(|s| s.next_due());
@@ -724,5 +810,63 @@ impl Scheduler {
                 _ = shutdown.changed() => {}
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refused(code: &str) -> ExchangeError {
+        ExchangeError::Token(TokenError::Refused {
+            error: code.into(),
+            description: None,
+        })
+    }
+
+    /// Only the provider's final word is a strike; an incident at the provider (or a code we
+    /// do not know) never is, and an answer we could not read leaves the outcome unknown.
+    #[test]
+    fn strikes_are_an_allow_list_and_unreadable_answers_keep_the_marker() {
+        for code in [
+            "invalid_grant",
+            "invalid_client",
+            "unauthorized_client",
+            "invalid_refresh_token",
+        ] {
+            assert!(definitive(&refused(code)), "{code}");
+        }
+        for code in [
+            "temporarily_unavailable",
+            "server_error",
+            "ratelimited",
+            "internal_error",
+            "something_new",
+        ] {
+            assert!(!definitive(&refused(code)), "{code}");
+        }
+        let unavailable = ExchangeError::Unavailable {
+            status: 503,
+            retry_after: Some(30),
+        };
+        assert!(!definitive(&unavailable) && !outcome_unknown(&unavailable));
+        assert!(outcome_unknown(&ExchangeError::Network("reset".into())));
+        assert!(outcome_unknown(&ExchangeError::Token(TokenError::NotJson)));
+        assert!(outcome_unknown(&ExchangeError::Token(
+            TokenError::MissingAccessToken
+        )));
+        assert!(!outcome_unknown(&refused("invalid_grant")));
+    }
+
+    #[test]
+    fn backoff_grows_with_jitter_caps_and_honours_retry_after() {
+        let secs = |n, ra, j| backoff(n, ra, j).whole_seconds();
+        assert_eq!(secs(1, None, 0.5), 5);
+        assert_eq!(secs(2, None, 0.5), 10);
+        assert_eq!(secs(3, None, 0.5), 20);
+        assert!((3..=6).contains(&secs(1, None, 0.0)) && (3..=6).contains(&secs(1, None, 0.999)));
+        assert_eq!(secs(30, None, 0.5), 900, "capped at 15 minutes");
+        assert_eq!(secs(1, Some(120), 0.5), 120, "Retry-After wins when longer");
+        assert_eq!(secs(1, Some(999_999), 0.5), 3600, "but not beyond an hour");
     }
 }

@@ -241,12 +241,13 @@ impl Proxy {
                 &cred.conn,
                 time::OffsetDateTime::now_utc(),
             )
-            && self
+        {
+            // Whatever the refresh's outcome, read again: a revocation that landed meanwhile
+            // must not be answered with the credential read before it.
+            let _ = self
                 .refresher
                 .refresh(&cred.conn.id, cred.conn.secret_record.as_deref())
-                .await
-                .is_ok()
-        {
+                .await;
             return self.load_credential(p, service).await;
         }
         Some(cred)

@@ -61,10 +61,9 @@ const GITHUB: &[(&str, &str)] = &[
     ("project", "read:project"),
 ];
 
-const SLACK: &[(&str, &str)] = &[
-    ("chat:write", "chat:write.public"),
-    ("users:read", "users:read.email"),
-];
+/// Slack's `chat:write.public` and `users:read.email` are add-ons, not narrower forms of
+/// `chat:write` and `users:read`: no pairs are known to be safe to narrow to.
+const SLACK: &[(&str, &str)] = &[];
 
 const MICROSOFT: &[(&str, &str)] = &[
     ("Files.ReadWrite.All", "Files.ReadWrite"),
@@ -160,13 +159,12 @@ pub fn is_protocol_scope(s: &str) -> bool {
 }
 
 /// A reconnect may ask only for scopes the service's configured set already grants (itself or
-/// through the provider's hierarchy): narrowing, never widening.
+/// through the provider's hierarchy): narrowing, never widening — protocol scopes included
+/// (`openid`, `offline_access` only when configured).
 pub fn narrowing_allowed(h: Hierarchy, configured: &[String], requested: &[String]) -> bool {
     !requested.is_empty()
         && requested.len() <= 64
-        && requested
-            .iter()
-            .all(|r| is_protocol_scope(r) || h.covered(configured, r))
+        && requested.iter().all(|r| h.covered(configured, r))
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

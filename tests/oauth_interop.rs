@@ -829,7 +829,13 @@ async fn proactive_refresh_keeps_a_steady_load_free_of_401s() {
 async fn outage_backs_off_and_a_revoked_grant_ends_in_reconnect() {
     let issuer = Arc::new(tokio::sync::OnceCell::new());
     let up = introspecting_upstream(issuer.clone()).await;
-    let s = setup_with(1, 4, &format!("http://127.0.0.1:{up}/mcp"));
+    // Strikes 3 s apart here (5 minutes by default).
+    let s = setup_limits(
+        1,
+        4,
+        &format!("http://127.0.0.1:{up}/mcp"),
+        "strike_interval_secs = 3\n",
+    );
     let op = &s.ops[0];
     issuer.set(op.issuer()).unwrap();
     let mut b = s.browser("alice").await;
@@ -900,8 +906,8 @@ async fn outage_backs_off_and_a_revoked_grant_ends_in_reconnect() {
         })
         .collect();
     assert!(
-        times[2] - times[0] >= time::Duration::seconds(5),
-        "strikes were not spaced: {times:?}"
+        times[2] - times[0] >= time::Duration::seconds(9),
+        "strikes were not spaced (3 s, then 6 s): {times:?}"
     );
     assert!(
         op.stat("revocations").await > revocations,

@@ -643,7 +643,7 @@ fn detail(m: &Model, f: &mut Frame) {
 fn confirm(m: &Model, f: &mut Frame, c: &Confirm) {
     let what = match c {
         Confirm::RevokeConnection { label, .. } => format!(
-            "Revoke the connection of {}? Its tokens are revoked at the provider and deleted.",
+            "Revoke the connection of {}? Its sealed tokens are deleted here (the user's Disconnect also revokes at the provider).",
             safe(label)
         ),
         Confirm::RevokeAgent { name } => {

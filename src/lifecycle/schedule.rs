@@ -34,7 +34,12 @@ pub fn due_at(c: &Connection, jitter: f64) -> Option<OffsetDateTime> {
     }
     let offset = DUE_FRACTION + JITTER_FRACTION * (2.0 * jitter - 1.0);
     let due = issued + lifetime * offset;
-    Some(due.min(expires - LATEST_BEFORE_EXPIRY).max(issued))
+    // Never before half the lifetime: a token of a few seconds must not be refreshed in a
+    // loop the moment it arrives.
+    Some(
+        due.min(expires - LATEST_BEFORE_EXPIRY)
+            .max(issued + lifetime / 2),
+    )
 }
 
 /// Connections ordered by due time. Memory is one entry per scheduled connection.
@@ -226,9 +231,11 @@ mod tests {
             due_at(&r, 0.5).unwrap() - t0,
             Duration::seconds(3000 + 2880)
         );
-        // Short tokens: never later than 5 s before expiry.
-        let short = oauth(t0, 10);
-        assert!(due_at(&short, 0.999).unwrap() <= t0 + Duration::seconds(5));
+        // Short tokens: never later than 5 s before expiry, never before half the lifetime.
+        let short = oauth(t0, 20);
+        assert!(due_at(&short, 0.999).unwrap() <= t0 + Duration::seconds(15));
+        let tiny = oauth(t0, 4);
+        assert_eq!(due_at(&tiny, 0.5).unwrap(), t0 + Duration::seconds(2));
         // Backoff wins; API keys, inactive connections and tokens without expiry are not due.
         let mut backing_off = c.clone();
         backing_off.refresh.retry_at = Some(t0 + Duration::seconds(10));
