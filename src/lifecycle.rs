@@ -35,6 +35,9 @@ use crate::store::{Connection, ConnectionStatus};
 use committer::{CommitError, Committer, Job};
 use schedule::{Clock, Schedule};
 
+/// The sealed expiry (unix seconds) stored beside a refresh's tokens, for adoption.
+const EXPIRES_FIELD: &str = "expires_at";
+
 /// Refresh on demand when less than this is left (the scheduler aims at 80% of lifetime).
 pub const REFRESH_MARGIN: Duration = Duration::seconds(60);
 const MAX_STRIKES: u32 = 3;
@@ -343,9 +346,23 @@ impl Refresher {
         // I16: the marker is durable before the request leaves. Already set means an earlier
         // attempt's outcome was lost (crash or timeout): this is the one retry.
         let resumed = conn.refresh.in_flight_since.is_some();
+        if resumed
+            && let Some(pending) = conn.refresh.pending_record.clone()
+            && let Some(done) = self.adopt(&conn, &record, &pending, why).await?
+        {
+            return done;
+        }
+        // A resumed attempt seals under the name its marker already carries.
+        let new_record = conn
+            .refresh
+            .pending_record
+            .clone()
+            .filter(|_| resumed)
+            .unwrap_or_else(|| format!("{SECRET_PREFIX}{}", uuid::Uuid::new_v4()));
         if !resumed {
             let id = conn.id.clone();
             let from = record.clone();
+            let pending = new_record.clone();
             let at = now;
             self.committer
                 .commit(Job {
@@ -355,6 +372,7 @@ impl Refresher {
                             && c.secret_record.as_deref() == Some(from.as_str())
                         {
                             c.refresh.in_flight_since = Some(at);
+                            c.refresh.pending_record = Some(pending);
                             t.put_connection(&c)?;
                         }
                         Ok(())
@@ -374,7 +392,6 @@ impl Refresher {
         let received = self.clock.now();
         match result {
             Ok(tokens) => {
-                let new_record = format!("{SECRET_PREFIX}{}", uuid::Uuid::new_v4());
                 let fp = self
                     .gateway
                     .vault
@@ -403,6 +420,20 @@ impl Refresher {
                         seal: vec![
                             (new_record.clone(), ACCESS_FIELD, access),
                             (new_record.clone(), REFRESH_FIELD, refresh_bytes),
+                            (
+                                new_record.clone(),
+                                EXPIRES_FIELD,
+                                SecretBytes::new(
+                                    expires_in
+                                        .map(|s| {
+                                            (received + Duration::seconds(s as i64))
+                                                .unix_timestamp()
+                                        })
+                                        .unwrap_or(0)
+                                        .to_string()
+                                        .into_bytes(),
+                                ),
+                            ),
                         ],
                         apply: Box::new(move |t| {
                             let Some(mut c) = t.connection(&id)? else {
@@ -455,10 +486,9 @@ impl Refresher {
                         Ok(())
                     }
                     Err(CommitError::Uncertain(e)) => Err(RefreshError::Internal(e)),
-                    Err(CommitError::Failed(e)) => {
-                        self.delete_record(new_record).await;
-                        Err(RefreshError::Internal(e))
-                    }
+                    // The provider has rotated already: keep what was sealed (the marker names
+                    // it), so the next attempt adopts it rather than replaying the old token.
+                    Err(CommitError::Failed(e)) => Err(RefreshError::Internal(e)),
                 }
             }
             Err(e) if definitive(&e) => {
@@ -583,6 +613,7 @@ impl Refresher {
                             }
                             if !keep_marker {
                                 c.refresh.in_flight_since = None;
+                                c.refresh.pending_record = None;
                             }
                             c.refresh.transient_failures = failures;
                             c.refresh.degraded = Some(r2.clone());
@@ -604,6 +635,85 @@ impl Refresher {
                     .await;
                 Err(RefreshError::Transient(reason))
             }
+        }
+    }
+
+    /// A lost outcome whose answer did reach the vault (a crash or a failed commit between
+    /// the vault's commit and the store's): point the connection at the sealed tokens. `None`
+    /// when nothing was sealed there (then the one retry with the stored token follows).
+    async fn adopt(
+        &self,
+        conn: &Connection,
+        from: &str,
+        pending: &str,
+        why: &'static str,
+    ) -> Result<Option<Result<(), RefreshError>>, RefreshError> {
+        let g = self.gateway.clone();
+        let p2 = pending.to_owned();
+        let found = tokio::task::spawn_blocking(move || {
+            let access = g.vault.get(&p2, ACCESS_FIELD)?;
+            let refresh = g.vault.get(&p2, REFRESH_FIELD)?;
+            let expires = g.vault.get(&p2, EXPIRES_FIELD)?;
+            Ok::<_, crate::vault::VaultError>((access, refresh, expires))
+        })
+        .await
+        .map_err(internal)?
+        .map_err(internal)?;
+        let (Some(access), Some(_), expires) = found else {
+            return Ok(None);
+        };
+        let fp = self.gateway.vault.fingerprint(access.expose_secret());
+        let expires = expires
+            .and_then(|e| {
+                std::str::from_utf8(e.expose_secret())
+                    .ok()?
+                    .parse::<i64>()
+                    .ok()
+            })
+            .filter(|e| *e > 0)
+            .and_then(|e| OffsetDateTime::from_unix_timestamp(e).ok());
+        let (id, from2, pending2) = (conn.id.clone(), from.to_owned(), pending.to_owned());
+        let since = conn.refresh.in_flight_since;
+        let applied = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let applied2 = applied.clone();
+        self.committer
+            .commit(Job {
+                seal: Vec::new(),
+                apply: Box::new(move |t| {
+                    let Some(mut c) = t.connection(&id)? else {
+                        return Ok(());
+                    };
+                    if c.status != ConnectionStatus::Active
+                        || c.secret_record.as_deref() != Some(from2.as_str())
+                    {
+                        return Ok(());
+                    }
+                    applied2.store(true, std::sync::atomic::Ordering::SeqCst);
+                    c.secret_record = Some(pending2);
+                    c.secret_fingerprint = Some(fp.clone());
+                    c.access_expires = expires;
+                    c.last_refresh = since;
+                    c.strikes = 0;
+                    c.refresh = Default::default();
+                    c.updated = t.now;
+                    t.put_connection(&c)?;
+                    t.audit(
+                        Event::new(SYSTEM, "oauth.refresh", &c.id, "ok")
+                            .detail("service", &c.service)
+                            .detail("recovered", "sealed answer of an interrupted refresh")
+                            .detail("trigger", why)
+                            .detail("token", &fp),
+                    )
+                    .map(drop)
+                }),
+            })
+            .await
+            .map_err(internal)?;
+        if applied.load(std::sync::atomic::Ordering::SeqCst) {
+            self.delete_record(from.to_owned()).await;
+            Ok(Some(Ok(())))
+        } else {
+            Ok(None)
         }
     }
 

@@ -44,7 +44,7 @@ const SECRET_REFS: TableDefinition<&str, &str> = TableDefinition::new("secret_re
 const CONNECTION_COUNTS: TableDefinition<&str, u64> = TableDefinition::new("connection_counts");
 /// Version of the derived tables above; they are rebuilt once when it changes.
 const INDEXES: &str = "indexes";
-const INDEXES_VERSION: &[u8] = b"2";
+const INDEXES_VERSION: &[u8] = b"3";
 const LOGIN_LINKS: TableDefinition<&str, &[u8]> = TableDefinition::new("login_links");
 const SESSIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("sessions");
 const AUDIT: TableDefinition<u64, &[u8]> = TableDefinition::new("audit");
@@ -290,7 +290,7 @@ fn rebuild_indexes(txn: &WriteTransaction) -> Result<(), StoreError> {
                     .insert(live_key(&c.user_id, &c.service).as_str(), c.id.as_str())
                     .map_err(st)?;
             }
-            if let Some(r) = secret_ref(&c) {
+            for r in secret_refs(&c) {
                 refs.insert(r, c.id.as_str()).map_err(st)?;
             }
             *counts.entry(c.status.as_str()).or_default() += 1;
@@ -305,12 +305,17 @@ fn rebuild_indexes(txn: &WriteTransaction) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// The sealed record a connection holds, if its status means it holds one.
-fn secret_ref(c: &Connection) -> Option<&str> {
-    c.status
-        .holds_secrets()
-        .then_some(c.secret_record.as_deref())
-        .flatten()
+/// The sealed records a connection holds, if its status means it holds any: its current one
+/// and the one an in-flight refresh may have sealed (never an orphan to reconciliation).
+fn secret_refs(c: &Connection) -> impl Iterator<Item = &str> {
+    let live = c.status.holds_secrets();
+    [
+        c.secret_record.as_deref(),
+        c.refresh.pending_record.as_deref(),
+    ]
+    .into_iter()
+    .flatten()
+    .filter(move |_| live)
 }
 
 fn create_tables(txn: &WriteTransaction) -> Result<(), StoreError> {
@@ -501,14 +506,14 @@ impl Txn<'_> {
             index.insert(key.as_str(), c.id.as_str()).map_err(st)?;
         }
         let mut refs = self.txn.open_table(SECRET_REFS).map_err(st)?;
-        let new_ref = secret_ref(c);
-        if let Some(old_ref) = old.as_ref().and_then(secret_ref)
-            && Some(old_ref) != new_ref
-        {
-            refs.remove(old_ref).map_err(st)?;
+        let new_refs: Vec<&str> = secret_refs(c).collect();
+        if let Some(o) = &old {
+            for r in secret_refs(o).filter(|r| !new_refs.contains(r)) {
+                refs.remove(r).map_err(st)?;
+            }
         }
-        if let Some(r) = new_ref {
-            refs.insert(r, c.id.as_str()).map_err(st)?;
+        for r in &new_refs {
+            refs.insert(*r, c.id.as_str()).map_err(st)?;
         }
         let mut counts = self.txn.open_table(CONNECTION_COUNTS).map_err(st)?;
         if let Some(o) = &old {

@@ -1017,8 +1017,12 @@ async fn sigkill_during_refresh_loses_nothing_and_never_loops() {
         );
         working += 1;
     }
+    let recovered = audit_entries(&s, "oauth.refresh", "ok")
+        .iter()
+        .filter(|e| e["details"]["recovered"].is_string())
+        .count();
     println!(
-        "{runs} SIGKILLs during refresh (seed {seed:#x}): {working} working, {reauth} needs_reauth with a reason, {killed_mid_flight} polls saw a marker"
+        "{runs} SIGKILLs during refresh (seed {seed:#x}): {working} working ({recovered} by adopting a sealed answer), {reauth} needs_reauth with a reason, {killed_mid_flight} polls saw a marker"
     );
     assert_eq!(working + reauth, runs);
 }

@@ -105,6 +105,11 @@ pub struct RefreshState {
     /// Not before this time (backoff, or the provider's Retry-After).
     #[serde(with = "time::serde::rfc3339::option", default)]
     pub retry_at: Option<OffsetDateTime>,
+    /// The vault record the in-flight refresh seals its answer under, chosen before the
+    /// request: after a crash between the vault's commit and the store's, start-up finds the
+    /// rotated tokens there and adopts them instead of replaying the old refresh token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending_record: Option<String>,
     /// When this API key was flagged overdue for rotation in the audit log (once per key).
     #[serde(with = "time::serde::rfc3339::option", default)]
     pub rotation_flagged: Option<OffsetDateTime>,
