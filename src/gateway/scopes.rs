@@ -98,8 +98,20 @@ impl Gateway {
                 want.push(s.to_owned());
             }
         }
-        crate::scopes::narrowing_allowed(self.scope_hierarchy(service), scopes, &want)
-            .then_some(want)
+        if !crate::scopes::narrowing_allowed(self.scope_hierarchy(service), scopes, &want) {
+            return None;
+        }
+        // The configured protocol scopes (`offline_access`, `openid`) stay: narrowing the data
+        // scopes must not cost the connection its refresh token or its subject.
+        for p in scopes
+            .iter()
+            .filter(|s| crate::scopes::is_protocol_scope(s))
+        {
+            if !want.contains(p) {
+                want.push(p.clone());
+            }
+        }
+        Some(want)
     }
 
     /// Brings the usage index up to date with the audit log and runs `f` on it.

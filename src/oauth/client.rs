@@ -348,6 +348,10 @@ pub(crate) fn outbound_client(timeout: Duration) -> reqwest::Client {
         .redirect(reqwest::redirect::Policy::none())
         .connect_timeout(Duration::from_secs(5))
         .timeout(timeout)
+        // Shorter than the keep-alive timeouts servers commonly use (Node's is 5 s): a token
+        // request written on a connection the server is closing fails with no answer, and a
+        // refresh token request cannot be safely resent (the server may have rotated).
+        .pool_idle_timeout(Duration::from_secs(3))
         .user_agent(concat!("scopegate/", env!("CARGO_PKG_VERSION")))
         .build()
         .expect("HTTP client")
