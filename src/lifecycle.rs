@@ -144,6 +144,19 @@ pub struct Refresher {
 /// connection in this window, so an agent cannot make the gateway rotate tokens per call.
 const FORCED_REFRESH_INTERVAL: std::time::Duration = std::time::Duration::from_secs(30);
 
+/// The connection, if it is still active and still holds the sealed record `from` that a
+/// refresh started from: a revocation or a reconnect that landed meanwhile wins, and the
+/// refresh's write leaves the connection alone.
+fn still_holding(
+    t: &crate::store::Txn<'_>,
+    id: &str,
+    from: &str,
+) -> Result<Option<Connection>, crate::store::StoreError> {
+    Ok(t.connection(id)?.filter(|c| {
+        c.status == ConnectionStatus::Active && c.secret_record.as_deref() == Some(from)
+    }))
+}
+
 fn internal(e: impl std::fmt::Display) -> RefreshError {
     RefreshError::Internal(e.to_string())
 }
@@ -368,9 +381,7 @@ impl Refresher {
                 .commit(Job {
                     seal: Vec::new(),
                     apply: Box::new(move |t| {
-                        if let Some(mut c) = t.connection(&id)?
-                            && c.secret_record.as_deref() == Some(from.as_str())
-                        {
+                        if let Some(mut c) = still_holding(t, &id, &from)? {
                             c.refresh.in_flight_since = Some(at);
                             c.refresh.pending_record = Some(pending);
                             t.put_connection(&c)?;
@@ -436,17 +447,9 @@ impl Refresher {
                             ),
                         ],
                         apply: Box::new(move |t| {
-                            let Some(mut c) = t.connection(&id)? else {
+                            let Some(mut c) = still_holding(t, &id, &from)? else {
                                 return Ok(());
                             };
-                            // A revocation or a reconnect that landed during the request wins:
-                            // the new tokens are not attached to a connection that is no longer
-                            // the one this refresh started from.
-                            if c.status != ConnectionStatus::Active
-                                || c.secret_record.as_deref() != Some(from.as_str())
-                            {
-                                return Ok(());
-                            }
                             applied2.store(true, std::sync::atomic::Ordering::SeqCst);
                             c.secret_record = Some(nr);
                             c.secret_fingerprint = Some(fp.clone());
@@ -512,14 +515,9 @@ impl Refresher {
                     .commit(Job {
                         seal: Vec::new(),
                         apply: Box::new(move |t| {
-                            let Some(mut c) = t.connection(&id)? else {
+                            let Some(mut c) = still_holding(t, &id, &from)? else {
                                 return Ok(());
                             };
-                            if c.status != ConnectionStatus::Active
-                                || c.secret_record.as_deref() != Some(from.as_str())
-                            {
-                                return Ok(());
-                            }
                             c.strikes = if lost_rotation {
                                 MAX_STRIKES
                             } else {
@@ -603,14 +601,9 @@ impl Refresher {
                     .commit(Job {
                         seal: Vec::new(),
                         apply: Box::new(move |t| {
-                            let Some(mut c) = t.connection(&id)? else {
+                            let Some(mut c) = still_holding(t, &id, &from)? else {
                                 return Ok(());
                             };
-                            if c.status != ConnectionStatus::Active
-                                || c.secret_record.as_deref() != Some(from.as_str())
-                            {
-                                return Ok(());
-                            }
                             if !keep_marker {
                                 c.refresh.in_flight_since = None;
                                 c.refresh.pending_record = None;
@@ -680,14 +673,9 @@ impl Refresher {
             .commit(Job {
                 seal: Vec::new(),
                 apply: Box::new(move |t| {
-                    let Some(mut c) = t.connection(&id)? else {
+                    let Some(mut c) = still_holding(t, &id, &from2)? else {
                         return Ok(());
                     };
-                    if c.status != ConnectionStatus::Active
-                        || c.secret_record.as_deref() != Some(from2.as_str())
-                    {
-                        return Ok(());
-                    }
                     applied2.store(true, std::sync::atomic::Ordering::SeqCst);
                     c.secret_record = Some(pending2);
                     c.secret_fingerprint = Some(fp.clone());

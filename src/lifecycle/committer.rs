@@ -51,18 +51,8 @@ impl Committer {
         let commits = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let counter = commits.clone();
         tokio::spawn(async move {
-            let mut batch = Vec::with_capacity(BATCH);
             while let Some(first) = rx.recv().await {
-                batch.push(first);
-                let deadline = tokio::time::sleep(GATHER);
-                tokio::pin!(deadline);
-                while batch.len() < BATCH {
-                    tokio::select! {
-                        j = rx.recv() => match j { Some(j) => batch.push(j), None => break },
-                        () = &mut deadline => break,
-                    }
-                }
-                let jobs = std::mem::take(&mut batch);
+                let jobs = gather(&mut rx, first, BATCH, GATHER).await;
                 counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 let g = gateway.clone();
                 let outcome = tokio::task::spawn_blocking(move || {
@@ -96,6 +86,27 @@ impl Committer {
         rx.await
             .map_err(|_| CommitError::Failed("the commit task failed".into()))?
     }
+}
+
+/// `first` and whatever else arrives within `window`, up to `max`: a burst shares one
+/// durable commit (the refresh committer and the proxy's audit queue).
+pub(crate) async fn gather<T>(
+    rx: &mut mpsc::Receiver<T>,
+    first: T,
+    max: usize,
+    window: Duration,
+) -> Vec<T> {
+    let mut batch = Vec::with_capacity(max.min(64));
+    batch.push(first);
+    let deadline = tokio::time::sleep(window);
+    tokio::pin!(deadline);
+    while batch.len() < max {
+        tokio::select! {
+            item = rx.recv() => match item { Some(i) => batch.push(i), None => break },
+            () = &mut deadline => break,
+        }
+    }
+    batch
 }
 
 fn commit(g: &Gateway, jobs: Vec<Job>) -> Result<(), CommitError> {

@@ -9,6 +9,7 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 
 use crate::gateway::Gateway;
+use crate::lifecycle::committer::gather;
 use crate::store::audit::Event;
 
 const QUEUE: usize = 8192;
@@ -26,19 +27,9 @@ impl AuditQueue {
         let healthy = Arc::new(AtomicBool::new(true));
         let h = healthy.clone();
         tokio::spawn(async move {
-            let mut batch = Vec::with_capacity(BATCH);
             while let Some(first) = rx.recv().await {
-                batch.push(first);
                 // Gather what arrives within a moment, so a burst shares one commit.
-                let deadline = tokio::time::sleep(Duration::from_millis(2));
-                tokio::pin!(deadline);
-                while batch.len() < BATCH {
-                    tokio::select! {
-                        e = rx.recv() => match e { Some(e) => batch.push(e), None => break },
-                        () = &mut deadline => break,
-                    }
-                }
-                let events = std::mem::take(&mut batch);
+                let events = gather(&mut rx, first, BATCH, Duration::from_millis(2)).await;
                 let g = gateway.clone();
                 let ok = tokio::task::spawn_blocking(move || {
                     g.store.write(|t| {
