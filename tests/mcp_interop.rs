@@ -181,9 +181,7 @@ fn python_sdk_client_and_server_through_the_gateway_in_both_eras() {
             .unwrap()
             .contains(&token[4..])
     );
-    let audit = inst.ok(&["audit", "list"], b"");
-    assert!(
-        audit.contains("tool=\"write_file\"") && audit.contains("denied"),
-        "{audit}"
-    );
+    let denied = |a: &str| a.contains("tool=\"write_file\"") && a.contains("denied");
+    let audit = inst.audit_until(denied);
+    assert!(denied(&audit), "{audit}");
 }

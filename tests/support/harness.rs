@@ -107,6 +107,20 @@ impl Instance {
         String::from_utf8(out.stdout).unwrap()
     }
 
+    /// `audit list` once `want` holds for it: per-call entries are group-committed a moment
+    /// after the answer, so a test reading them right after a call polls (bounded, 10 s).
+    #[allow(dead_code)]
+    pub fn audit_until(&self, want: impl Fn(&str) -> bool) -> String {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let audit = self.ok(&["audit", "list"], b"");
+            if want(&audit) || std::time::Instant::now() > deadline {
+                return audit;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+
     pub fn start(&self) -> Server {
         self.start_with(|_| {})
     }
