@@ -199,7 +199,7 @@ fn another_uid_is_refused_on_the_admin_socket() {
             "--reuid=65534",
             "--regid=65534",
             "--clear-groups",
-            harness::bin(),
+            &harness::bin(),
             "user",
             "add",
             "mallory",

@@ -29,8 +29,11 @@ mcp_url = "http://127.0.0.1:9/mcp"
 header = "X-API-Key"
 "#;
 
-pub fn bin() -> &'static str {
-    env!("CARGO_BIN_EXE_scopegate")
+/// The binary under test. `SCOPEGATE_TEST_BIN` points a long run at a frozen copy, so a
+/// rebuild during a 10-minute soak does not swap the binary under it.
+pub fn bin() -> String {
+    std::env::var("SCOPEGATE_TEST_BIN")
+        .unwrap_or_else(|_| env!("CARGO_BIN_EXE_scopegate").to_owned())
 }
 
 /// A data folder made by `scopegate init`, plus a folder for logs outside it.
