@@ -48,6 +48,7 @@ fn model() -> Model {
             last_refresh: Some(now()),
             strikes: (i % 3) as u32,
             refresh: Default::default(),
+            dpop_jkt: None,
         })
         .collect();
     update(&mut m, Msg::Loaded(Loaded::Connections(conns)));

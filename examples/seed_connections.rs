@@ -86,6 +86,7 @@ fn main() -> anyhow::Result<()> {
                     last_refresh: None,
                     refresh: Default::default(),
                     subject: None,
+                    dpop_jkt: None,
                 })?;
             }
             t.audit(

@@ -177,7 +177,9 @@ pub struct Provider {
     pub client_id: String,
     pub client_secret: ClientSecretSource,
     pub tenant: Option<String>,
-    pub dpop: bool,
+    /// DPoP (RFC 9449): `Some(true)` always, `Some(false)` never, `None` when the server
+    /// advertises ES256 in `dpop_signing_alg_values_supported`.
+    pub dpop: Option<bool>,
     /// The signing secret of the provider's webhooks (GitHub, Slack); `None` when unset.
     pub webhook_secret: ClientSecretSource,
     /// Where Security Event Tokens for this provider are verified, when it sends them.
@@ -525,7 +527,7 @@ fn check_provider(name: &str, p: RawProvider) -> Result<Provider, String> {
         client_id,
         client_secret,
         tenant: p.tenant,
-        dpop: p.dpop.unwrap_or(false),
+        dpop: p.dpop,
         webhook_secret,
         risc,
     })

@@ -132,3 +132,43 @@ pub fn jwks(data: &[u8]) {
         }
     }
 }
+
+/// What a token endpoint answers (RFC 6749 §5.1/§5.2 bodies, each provider's quirks) and the
+/// DPoP headers servers send back (`DPoP-Nonce`, `WWW-Authenticate: DPoP …`). The first byte
+/// picks the status and quirks; the rest is the body, and also the header values.
+pub fn token_response(data: &[u8]) {
+    use crate::oauth::token::{Quirks, TokenError, parse};
+    let Some((&sel, body)) = data.split_first() else {
+        return;
+    };
+    let status = [200, 400, 401, 500][usize::from(sel & 3)];
+    let quirks = Quirks {
+        expiry_optional: sel & 4 != 0,
+        slack: sel & 8 != 0,
+    };
+    match parse(status, body, quirks) {
+        Ok(t) => {
+            // Only a 2xx is ever a success.
+            assert!(status == 200 && !t.access_token.expose_secret().is_empty());
+        }
+        Err(TokenError::Refused { error, description }) => {
+            // Escaped before anything logs or shows them: no control characters survive.
+            assert!(!error.chars().any(char::is_control));
+            assert!(description.is_none_or(|d| !d.chars().any(char::is_control)));
+        }
+        Err(_) => {}
+    }
+    let mut headers = reqwest::header::HeaderMap::new();
+    if let Ok(v) = reqwest::header::HeaderValue::from_bytes(body) {
+        headers.insert("dpop-nonce", v.clone());
+        headers.insert("www-authenticate", v);
+    }
+    let nonces = crate::oauth::dpop::Nonces::default();
+    #[allow(clippy::expect_used)] // invariant: a constant URL.
+    let url = url::Url::parse("https://rs.example/mcp").expect("url");
+    if nonces.remember(&url, &headers) {
+        let n = nonces.get(&url).unwrap_or_default();
+        assert!(!n.is_empty() && !n.contains('"') && !n.contains(' '));
+    }
+    let _ = crate::oauth::dpop::resource_wants_nonce(u16::from(sel) + 300, &headers);
+}

@@ -87,6 +87,9 @@ pub struct ConnectionView {
     /// In-flight marker, transient failures, backoff (the token lifecycle).
     #[serde(default, skip_serializing_if = "crate::store::RefreshState::is_clear")]
     pub refresh: crate::store::RefreshState,
+    /// The thumbprint of the DPoP key the tokens are bound to (RFC 9449), when they are.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dpop_jkt: Option<String>,
 }
 
 #[derive(Debug, Default, Clone, PartialEq, Eq, Serialize)]
@@ -294,6 +297,7 @@ impl Gateway {
             last_refresh: c.last_refresh,
             strikes: c.strikes,
             refresh: c.refresh.clone(),
+            dpop_jkt: c.dpop_jkt,
         }
     }
 
@@ -348,6 +352,7 @@ impl Gateway {
                         last_refresh: None,
                         refresh: Default::default(),
                         subject: None,
+                        dpop_jkt: None,
                     },
                     None,
                     "apikey.set",

@@ -28,7 +28,7 @@ use crate::config::ServiceKind;
 use crate::gateway::connect::{ACCESS_FIELD, REFRESH_FIELD};
 use crate::gateway::{Gateway, SECRET_PREFIX, SYSTEM};
 use crate::oauth::client::{ClientCredentials, ExchangeError, OAuthClient};
-use crate::oauth::token::TokenError;
+use crate::oauth::token::{TokenError, TokenType};
 use crate::secret::SecretBytes;
 use crate::store::audit::Event;
 use crate::store::{Connection, ConnectionStatus};
@@ -177,6 +177,11 @@ impl Refresher {
 
     pub fn clock(&self) -> &Arc<dyn Clock> {
         &self.clock
+    }
+
+    /// The DPoP nonces servers gave us; the proxy keeps resource servers' here too.
+    pub fn dpop_nonces(&self) -> Arc<crate::oauth::dpop::Nonces> {
+        self.oauth.nonces.clone()
     }
 
     pub fn gateway(&self) -> &Arc<Gateway> {
@@ -345,11 +350,24 @@ impl Refresher {
             .ok_or(RefreshError::NoRefreshToken)?;
         let g = self.gateway.clone();
         let r2 = record.clone();
-        let old_refresh = tokio::task::spawn_blocking(move || g.vault.get(&r2, REFRESH_FIELD))
-            .await
-            .map_err(internal)?
-            .map_err(internal)?
-            .ok_or(RefreshError::NoRefreshToken)?;
+        let (old_refresh, dpop_pkcs8) = tokio::task::spawn_blocking(move || {
+            Ok::<_, crate::vault::VaultError>((
+                g.vault.get(&r2, REFRESH_FIELD)?,
+                g.vault.get(&r2, crate::oauth::dpop::KEY_FIELD)?,
+            ))
+        })
+        .await
+        .map_err(internal)?
+        .map_err(internal)?;
+        let old_refresh = old_refresh.ok_or(RefreshError::NoRefreshToken)?;
+        // RFC 9449 §5: the refresh is proven with the key the tokens are bound to (for a
+        // public client the refresh token itself is bound to it), and the new tokens stay
+        // bound to the same key.
+        let dpop_key = dpop_pkcs8
+            .as_ref()
+            .map(|k| crate::oauth::dpop::DpopKey::from_pkcs8(k.expose_secret()))
+            .transpose()
+            .map_err(internal)?;
         let rp = self
             .oauth
             .resolve(provider, p)
@@ -398,7 +416,13 @@ impl Refresher {
         // No redb transaction is open across this request.
         let result = self
             .oauth
-            .refresh(&rp, &creds, old_refresh.expose_secret(), resource.as_ref())
+            .refresh(
+                &rp,
+                &creds,
+                old_refresh.expose_secret(),
+                resource.as_ref(),
+                dpop_key.as_ref(),
+            )
             .await;
         let received = self.clock.now();
         match result {
@@ -418,6 +442,37 @@ impl Refresher {
                 let access = SecretBytes::new(tokens.access_token.expose_secret().to_vec());
                 let (id, nr, from) = (conn.id.clone(), new_record.clone(), record.clone());
                 let (expires_in, scope) = (tokens.expires_in, tokens.scope.clone());
+                let dpop_jkt = match (tokens.token_type == TokenType::DPoP, &dpop_key) {
+                    (true, Some(k)) => Some(k.thumbprint().to_owned()),
+                    // A DPoP-bound answer to a request without a proof breaks RFC 9449. The
+                    // tokens are kept (the refresh token may have rotated) but marked bound to
+                    // no key we hold, so the access token is never sent as Bearer.
+                    (true, None) => Some(String::new()),
+                    (false, _) => None,
+                };
+                let mut seal = vec![
+                    (new_record.clone(), ACCESS_FIELD, access),
+                    (new_record.clone(), REFRESH_FIELD, refresh_bytes),
+                    (
+                        new_record.clone(),
+                        EXPIRES_FIELD,
+                        SecretBytes::new(
+                            expires_in
+                                .map(|s| (received + Duration::seconds(s as i64)).unix_timestamp())
+                                .unwrap_or(0)
+                                .to_string()
+                                .into_bytes(),
+                        ),
+                    ),
+                ];
+                // The key travels with the tokens bound to it.
+                if let Some(k) = &dpop_pkcs8 {
+                    seal.push((
+                        new_record.clone(),
+                        crate::oauth::dpop::KEY_FIELD,
+                        SecretBytes::new(k.expose_secret().to_vec()),
+                    ));
+                }
                 // A revocation (admin, webhook) that landed during the request wins: the new
                 // tokens are not attached to a connection that is no longer active.
                 let applied = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -428,24 +483,7 @@ impl Refresher {
                         // Seal first (durable), then point the connection at it (durable), and
                         // only then is the new access token used: a rotated refresh token is
                         // never lost.
-                        seal: vec![
-                            (new_record.clone(), ACCESS_FIELD, access),
-                            (new_record.clone(), REFRESH_FIELD, refresh_bytes),
-                            (
-                                new_record.clone(),
-                                EXPIRES_FIELD,
-                                SecretBytes::new(
-                                    expires_in
-                                        .map(|s| {
-                                            (received + Duration::seconds(s as i64))
-                                                .unix_timestamp()
-                                        })
-                                        .unwrap_or(0)
-                                        .to_string()
-                                        .into_bytes(),
-                                ),
-                            ),
-                        ],
+                        seal,
                         apply: Box::new(move |t| {
                             let Some(mut c) = still_holding(t, &id, &from)? else {
                                 return Ok(());
@@ -456,6 +494,7 @@ impl Refresher {
                             c.access_expires =
                                 expires_in.map(|s| received + Duration::seconds(s as i64));
                             c.last_refresh = Some(received);
+                            c.dpop_jkt = dpop_jkt;
                             c.strikes = 0;
                             c.refresh = Default::default();
                             c.updated = t.now;
@@ -940,8 +979,13 @@ mod tests {
             "ratelimited",
             "internal_error",
             "something_new",
+            // RFC 9449: a nonce challenge left after its one retry, or a proof the server
+            // did not accept, says nothing about the grant (I17: never a strike).
+            "use_dpop_nonce",
+            "invalid_dpop_proof",
         ] {
             assert!(!definitive(&refused(code)), "{code}");
+            assert!(!outcome_unknown(&refused(code)), "{code}");
         }
         let unavailable = ExchangeError::Unavailable {
             status: 503,

@@ -3,6 +3,7 @@
 
 pub mod callback;
 pub mod client;
+pub mod dpop;
 pub mod pkce;
 pub mod provider;
 pub mod token;

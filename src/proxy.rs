@@ -21,6 +21,7 @@ use crate::config::ServiceKind;
 use crate::gateway::Gateway;
 use crate::gateway::agents::Principal;
 use crate::gateway::connect::ACCESS_FIELD;
+use crate::oauth::dpop::{DpopKey, Nonces};
 use crate::policy::{self, Decision};
 use crate::store::ConnectionStatus;
 use crate::store::audit::Event;
@@ -126,6 +127,8 @@ impl Drop for StreamSlot {
 struct Credential {
     conn: Arc<crate::store::Connection>,
     secret: Arc<crate::secret::SecretBytes>,
+    /// The key a DPoP-bound access token must be presented with (RFC 9449 §7).
+    dpop: Option<Arc<DpopKey>>,
 }
 
 const MAX_CACHED_CREDENTIALS: usize = 100_000;
@@ -172,6 +175,7 @@ pub struct Proxy {
     pub response_start_timeout: Duration,
     pub refresher: Arc<crate::lifecycle::Refresher>,
     streams: Arc<Mutex<HashMap<String, usize>>>,
+    dpop_nonces: Arc<Nonces>,
 }
 
 impl Proxy {
@@ -203,9 +207,10 @@ impl Proxy {
             response_start_timeout: Duration::from_secs(
                 gateway.config.limits.upstream_response_timeout_secs,
             ),
-            refresher,
             credentials: CredentialCache::default(),
             streams: Arc::new(Mutex::new(HashMap::new())),
+            dpop_nonces: refresher.dpop_nonces(),
+            refresher,
             gateway,
         }
     }
@@ -274,13 +279,31 @@ impl Proxy {
             } else {
                 ACCESS_FIELD
             };
-            let secret = c
-                .secret_record
-                .as_ref()
-                .and_then(|r| g.vault.get(r, field).ok().flatten())?;
+            let record = c.secret_record.as_ref()?;
+            let secret = g.vault.get(record, field).ok().flatten()?;
+            // A DPoP-bound token goes out with a proof of its key or not at all: never as a
+            // Bearer token (RFC 9449 §7.1).
+            let dpop = match &c.dpop_jkt {
+                None => None,
+                Some(jkt) => {
+                    let key = g
+                        .vault
+                        .get(record, crate::oauth::dpop::KEY_FIELD)
+                        .ok()
+                        .flatten()
+                        .and_then(|k| DpopKey::from_pkcs8(k.expose_secret()).ok())
+                        .filter(|k| k.thumbprint() == jkt);
+                    let Some(key) = key else {
+                        tracing::error!(connection = %c.id, "the tokens are DPoP-bound to a key the vault does not hold; the user must reconnect");
+                        return None;
+                    };
+                    Some(Arc::new(key))
+                }
+            };
             Some(Credential {
                 conn: Arc::new(c),
                 secret: Arc::new(secret),
+                dpop,
             })
         })
         .await
@@ -298,7 +321,7 @@ impl Proxy {
         headers: &HeaderMap,
         body: &axum::body::Bytes,
         stateless: bool,
-        credential: &crate::secret::SecretBytes,
+        credential: &Credential,
     ) -> Result<reqwest::Response, StatusCode> {
         let mut req = self.http.request(method.clone(), svc.mcp_url.clone());
         for (name, value) in headers {
@@ -309,10 +332,27 @@ impl Proxy {
             }
         }
         let cred = zeroize::Zeroizing::new(
-            String::from_utf8_lossy(credential.expose_secret()).into_owned(),
+            String::from_utf8_lossy(credential.secret.expose_secret()).into_owned(),
         );
-        req = match &svc.kind {
-            ServiceKind::ApiKey { header, .. } if !header.eq_ignore_ascii_case("authorization") => {
+        req = match (&svc.kind, &credential.dpop) {
+            // RFC 9449 §7.1: the DPoP scheme, with a proof bound to this request and token.
+            (_, Some(key)) => {
+                let nonce = self.dpop_nonces.get(&svc.mcp_url);
+                let proof = key
+                    .proof(
+                        method.as_str(),
+                        &svc.mcp_url,
+                        nonce.as_deref(),
+                        Some(credential.secret.expose_secret()),
+                    )
+                    .map_err(|_| StatusCode::INTERNAL_SERVER_ERROR)?;
+                let value = zeroize::Zeroizing::new(format!("DPoP {}", cred.as_str()));
+                req.header(header::AUTHORIZATION, value.as_str())
+                    .header("dpop", proof)
+            }
+            (ServiceKind::ApiKey { header, .. }, None)
+                if !header.eq_ignore_ascii_case("authorization") =>
+            {
                 req.header(header.as_str(), cred.as_str())
             }
             _ => req.bearer_auth(cred.as_str()),
@@ -324,7 +364,12 @@ impl Proxy {
         match tokio::time::timeout(self.response_start_timeout, req.send()).await {
             Err(_) => Err(StatusCode::GATEWAY_TIMEOUT),
             Ok(Err(_)) => Err(StatusCode::BAD_GATEWAY),
-            Ok(Ok(r)) => Ok(r),
+            Ok(Ok(r)) => {
+                if credential.dpop.is_some() {
+                    self.dpop_nonces.remember(&svc.mcp_url, r.headers());
+                }
+                Ok(r)
+            }
         }
     }
 }
@@ -530,9 +575,10 @@ pub async fn handle(
         }
     };
     let mut retried = false;
+    let mut nonce_retried = false;
     let resp = loop {
         let resp = match proxy
-            .forward(svc, &method, &headers, &body, stateless, &cred.secret)
+            .forward(svc, &method, &headers, &body, stateless, &cred)
             .await
         {
             Ok(r) => r,
@@ -560,6 +606,15 @@ pub async fn handle(
                 );
             }
         };
+        // RFC 9449 §9: the resource server wants a (newer) nonce, which `forward` has just
+        // remembered. One retry with it; no refresh, since the token is fine.
+        if cred.dpop.is_some()
+            && !nonce_retried
+            && crate::oauth::dpop::resource_wants_nonce(resp.status().as_u16(), resp.headers())
+        {
+            nonce_retried = true;
+            continue;
+        }
         // An upstream 401 on an OAuth connection: one refresh and one retry, never a loop.
         if resp.status() == reqwest::StatusCode::UNAUTHORIZED
             && !retried

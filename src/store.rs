@@ -835,6 +835,7 @@ mod tests {
             last_refresh: None,
             refresh: Default::default(),
             subject: None,
+            dpop_jkt: None,
         }
     }
 

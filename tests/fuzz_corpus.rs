@@ -90,6 +90,14 @@ fn security_event_token_corpus_replays() {
 }
 
 #[test]
+fn token_response_corpus_replays() {
+    assert!(
+        replay("token_response", scopegate::fuzzing::token_response) >= 6,
+        "seeds missing"
+    );
+}
+
+#[test]
 fn jwks_corpus_replays() {
     assert!(
         replay("jwks", scopegate::fuzzing::jwks) >= 2,

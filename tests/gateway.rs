@@ -428,6 +428,7 @@ fn i8_expired_and_foreign_state_are_refused() {
                 iss_required: true,
                 scopes: &["a".into()],
                 redirect_uri: "http://127.0.0.1/cb",
+                dpop: false,
             },
         )
         .unwrap();

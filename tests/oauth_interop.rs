@@ -25,7 +25,12 @@ struct Op {
 }
 
 impl Op {
-    fn start_with_ttl(redirect_uri: &str, dir: &std::path::Path, access_ttl: u64) -> Op {
+    fn start_env(
+        redirect_uri: &str,
+        dir: &std::path::Path,
+        access_ttl: u64,
+        env: &[(&str, &str)],
+    ) -> Op {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop");
         assert!(
@@ -40,6 +45,7 @@ impl Op {
             .env("REDIRECT_URI", redirect_uri)
             .env("CLIENT_SECRET", CLIENT_SECRET)
             .env("ACCESS_TTL", access_ttl.to_string())
+            .envs(env.iter().copied())
             .stdout(std::fs::File::create(&log).unwrap())
             .stderr(Stdio::null())
             .spawn()
@@ -115,11 +121,29 @@ fn setup_full(n_ops: usize, access_ttl: u64, mcp_url: &str, proactive: bool) -> 
 
 /// `limits`: extra lines for the `[limits]` table.
 fn setup_limits(n_ops: usize, access_ttl: u64, mcp_url: &str, limits: &str) -> Setup {
+    setup_env(n_ops, access_ttl, mcp_url, limits, &[])
+}
+
+/// `op_env`: extra environment for the oidc-provider script (e.g. `DPOP=1`).
+fn setup_env(
+    n_ops: usize,
+    access_ttl: u64,
+    mcp_url: &str,
+    limits: &str,
+    op_env: &[(&str, &str)],
+) -> Setup {
     let gw = free_port();
     let base = format!("http://127.0.0.1:{gw}");
     let tmp = tempfile::tempdir().unwrap();
     let ops: Vec<Op> = (0..n_ops)
-        .map(|_| Op::start_with_ttl(&format!("{base}/oauth/callback"), tmp.path(), access_ttl))
+        .map(|_| {
+            Op::start_env(
+                &format!("{base}/oauth/callback"),
+                tmp.path(),
+                access_ttl,
+                op_env,
+            )
+        })
         .collect();
     // 64 concurrent calls from one agent in the refresh test: lift the per-agent cap (32).
     let mut config = format!(
@@ -1182,6 +1206,192 @@ async fn python_sdk_resource_server_validates_gateway_tokens_by_introspection() 
     assert!(
         s.ops[0].stat("introspections").await > introspections,
         "the upstream did not introspect"
+    );
+    let _ = upstream.kill();
+    let _ = upstream.wait();
+}
+
+/// RFC 9449 against oidc-provider's DPoP (nonces required) and a DPoP-only MCP resource
+/// server (the TypeScript SDK behind proof verification with `jose` and introspection): the
+/// authorization request names the key (`dpop_jkt`); the code exchange answers the token
+/// endpoint's nonce challenge with exactly one retry; the tokens are bound (`cnf.jkt`); every
+/// agent call carries `Authorization: DPoP` and a fresh proof (never Bearer), answers the
+/// resource server's nonce challenges once each, and the on-demand refresh is proven with the
+/// same key. No nonce challenge is ever a strike.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dpop_binds_tokens_to_a_key_and_answers_nonce_challenges() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop");
+    let up = free_port();
+    let ttl = 5;
+    let s = setup_env(
+        1,
+        ttl,
+        &format!("http://127.0.0.1:{up}/mcp"),
+        "proactive_refresh = false\n",
+        &[("DPOP", "1")],
+    );
+    let op = &s.ops[0];
+    let tmp = tempfile::tempdir().unwrap();
+    let log = tmp.path().join("dpop-upstream.log");
+    let mut upstream = Command::new("node")
+        .arg(root.join("dpop-upstream.mjs"))
+        .env("PORT", up.to_string())
+        .env("ISSUER", op.issuer())
+        .env("CLIENT_ID", "scopegate")
+        .env("CLIENT_SECRET", CLIENT_SECRET)
+        .stdout(std::fs::File::create(&log).unwrap())
+        .stderr(std::fs::File::create(tmp.path().join("dpop-upstream.err")).unwrap())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .contains("ready")
+    {
+        assert!(Instant::now() < deadline, "the DPoP upstream did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let up_stats = async || -> serde_json::Value {
+        reqwest::get(format!("http://127.0.0.1:{up}/test/stats"))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    };
+
+    // Connect: the code is bound to the key, and the exchange is proven with it.
+    let mut b = s.browser("alice").await;
+    let cb = s.authorize(&mut b, "files").await;
+    let done = b.get(&cb).await;
+    assert_eq!(done.status, 303, "{}", done.body);
+    assert_eq!(op.stat("auth_with_dpop_jkt").await, 1);
+    assert_eq!(
+        (
+            op.stat("token_requests").await,
+            op.stat("dpop_token_requests").await,
+            op.stat("dpop_nonce_errors").await,
+        ),
+        (2, 2, 1),
+        "one nonce challenge, one retry with the nonce, both with a proof"
+    );
+    assert!(op.stat("dpop_bound_tokens").await >= 1);
+    let conn = s.connections()[0].clone();
+    let jkt = conn["dpop_jkt"]
+        .as_str()
+        .expect("the connection records its key")
+        .to_owned();
+    assert_eq!(jkt.len(), 43, "a base64url SHA-256 thumbprint: {jkt}");
+
+    let token = s
+        .inst
+        .ok(&["agent", "add", "dpop-agent", "--user", "alice"], b"")
+        .trim()
+        .to_owned();
+    let http = reqwest::Client::new();
+    let call = async |id: u64| -> (u16, String) {
+        let r = http
+            .post(format!("{}/mcp/files", s.base))
+            .bearer_auth(&token)
+            .header("content-type", "application/json")
+            .header("accept", "application/json, text/event-stream")
+            .header("mcp-protocol-version", "2025-11-25")
+            .body(
+                serde_json::json!({"jsonrpc":"2.0","id":id,"method":"tools/call","params":{"name":"whoami","arguments":{}}})
+                    .to_string(),
+            )
+            .send()
+            .await
+            .unwrap();
+        (r.status().as_u16(), r.text().await.unwrap())
+    };
+    let whoami_ok = |(st, body): &(u16, String)| {
+        assert_eq!(*st, 200, "{body}");
+        assert!(body.contains("alice"), "{body}");
+        assert!(
+            body.contains(&format!("jkt={jkt}")),
+            "bound to another key: {body}"
+        );
+        assert!(body.contains("token_type=DPoP"), "{body}");
+    };
+    // First call: the resource server challenges for a nonce; one retry answers it.
+    whoami_ok(&call(1).await);
+    let st = up_stats().await;
+    assert_eq!(
+        (st["nonce_challenges"].as_u64(), st["ok"].as_u64()),
+        (Some(1), Some(1)),
+        "{st}"
+    );
+    // The nonce is remembered: no challenge for the next calls, each with a fresh proof
+    // (the upstream refuses a replayed jti).
+    for i in 2..=6 {
+        whoami_ok(&call(i).await);
+    }
+    let st = up_stats().await;
+    assert_eq!(
+        (st["nonce_challenges"].as_u64(), st["ok"].as_u64()),
+        (Some(1), Some(6)),
+        "{st}"
+    );
+    // A rotated nonce: exactly one more challenge, answered once.
+    reqwest::Client::new()
+        .post(format!("http://127.0.0.1:{up}/test/rotate-nonce"))
+        .send()
+        .await
+        .unwrap();
+    whoami_ok(&call(7).await);
+    let st = up_stats().await;
+    assert_eq!(
+        (st["nonce_challenges"].as_u64(), st["ok"].as_u64()),
+        (Some(2), Some(7)),
+        "{st}"
+    );
+
+    // The token expires: the agent's call refreshes it on demand, proven with the same key,
+    // and the new token is bound to it too.
+    tokio::time::sleep(Duration::from_secs(ttl + 1)).await;
+    let before = op.stat("token_requests").await;
+    whoami_ok(&call(8).await);
+    let after = op.stat("token_requests").await;
+    assert!(after > before, "no refresh happened");
+    assert_eq!(
+        op.stat("dpop_token_requests").await,
+        after,
+        "a token request went out without a DPoP proof"
+    );
+    let c = s.connections()[0].clone();
+    assert_eq!(
+        c["dpop_jkt"], jkt,
+        "the refreshed tokens are bound to the same key"
+    );
+    assert_eq!(c["strikes"], 0);
+    assert_eq!(c["status"], "active");
+    assert_eq!(audit_entries(&s, "oauth.refresh", "ok").len(), 1);
+    assert!(audit_entries(&s, "oauth.refresh", "rejected").is_empty());
+    let grant_errors: serde_json::Value = reqwest::get(format!("{}/test/stats", op.issuer()))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        grant_errors["grant_errors"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|e| e == "use_dpop_nonce"),
+        "the provider refused something else: {grant_errors}"
+    );
+
+    // Never Bearer, and every proof verified.
+    let st = up_stats().await;
+    assert_eq!(st["bearer_refused"], 0, "{st}");
+    assert_eq!(st["failures"], serde_json::json!([]), "{st}");
+    println!(
+        "DPoP: {after} token requests all with proofs ({} nonce challenges at the token endpoint), {} resource calls, {} resource nonce challenges, 0 Bearer",
+        op.stat("dpop_nonce_errors").await,
+        st["ok"],
+        st["nonce_challenges"]
     );
     let _ = upstream.kill();
     let _ = upstream.wait();

@@ -714,6 +714,7 @@ pub(crate) mod tests {
             last_refresh: None,
             strikes: 0,
             refresh: Default::default(),
+            dpop_jkt: None,
         }
     }
 

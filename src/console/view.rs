@@ -702,6 +702,7 @@ mod tests {
             last_refresh: Some(now - time::Duration::seconds(3000)),
             strikes: 0,
             refresh: Default::default(),
+            dpop_jkt: None,
         };
         let mut bad = c("c2", "bob", "calendar", ConnectionStatus::NeedsReauth);
         bad.status_reason = Some("refresh rejected 3 times (invalid_grant)\u{1b}[31m".into());

@@ -58,12 +58,23 @@ pub struct FlowTarget<'a> {
     pub iss_required: bool,
     pub scopes: &'a [String],
     pub redirect_uri: &'a str,
+    /// Bind the tokens to a new DPoP key (RFC 9449).
+    pub dpop: bool,
 }
 
 /// What the browser needs to go to the provider.
 pub struct Begun {
     pub state: SecretBytes,
     pub code_challenge: String,
+    /// The DPoP key's thumbprint, for `dpop_jkt` (RFC 9449 §10), when the flow uses DPoP.
+    pub dpop_jkt: Option<String>,
+}
+
+/// The sealed secrets of a spent pending authorization.
+pub struct PendingSecrets {
+    pub verifier: SecretBytes,
+    /// The DPoP private key (PKCS#8) the code is to be exchanged with, when the flow uses it.
+    pub dpop_key: Option<SecretBytes>,
 }
 
 impl Gateway {
@@ -175,13 +186,33 @@ impl Gateway {
             iss_required,
             scopes,
             redirect_uri,
+            dpop,
         } = *target;
         let state = random_token();
         let verifier = random_token();
         let mut stale = Vec::new();
         let record = format!("{PENDING_PREFIX}{}", uuid::Uuid::new_v4());
-        self.vault
-            .put(&record, VERIFIER_FIELD, verifier.expose_secret())?;
+        // The connection's DPoP key is made now, so the code itself can be bound to it.
+        let dpop_key = if dpop {
+            Some(crate::oauth::dpop::generate().map_err(|e| GatewayError::Invalid(e.to_string()))?)
+        } else {
+            None
+        };
+        let dpop_jkt = match &dpop_key {
+            Some(k) => Some(
+                crate::oauth::dpop::DpopKey::from_pkcs8(k.expose_secret())
+                    .map_err(|e| GatewayError::Invalid(e.to_string()))?
+                    .thumbprint()
+                    .to_owned(),
+            ),
+            None => None,
+        };
+        let mut items: Vec<(&str, &str, &[u8])> =
+            vec![(&record, VERIFIER_FIELD, verifier.expose_secret())];
+        if let Some(k) = &dpop_key {
+            items.push((&record, crate::oauth::dpop::KEY_FIELD, k.expose_secret()));
+        }
+        self.vault.put_many(&items)?;
         let pending = PendingAuthorization {
             state_hash: lookup_hash(state.expose_secret()),
             user_id: user.id.clone(),
@@ -222,6 +253,7 @@ impl Gateway {
         Ok(Begun {
             state,
             code_challenge: s256_challenge(verifier.expose_secret()),
+            dpop_jkt,
         })
     }
 
@@ -267,13 +299,13 @@ impl Gateway {
     }
 
     /// Spends the pending authorization (once: a concurrent second callback finds it gone)
-    /// and returns its verifier.
+    /// and returns its verifier and DPoP key.
     pub fn consume_pending(
         &self,
         pending: &PendingAuthorization,
         actor: &str,
         outcome: &str,
-    ) -> Result<Option<SecretBytes>, GatewayError> {
+    ) -> Result<Option<PendingSecrets>, GatewayError> {
         let taken = self.store.write(|t| {
             let p = t.take_pending(&pending.state_hash)?;
             t.audit(Event::new(
@@ -286,18 +318,23 @@ impl Gateway {
         })?;
         let Some(p) = taken else { return Ok(None) };
         let verifier = self.vault.get(&p.verifier_record, VERIFIER_FIELD)?;
+        let dpop_key = self
+            .vault
+            .get(&p.verifier_record, crate::oauth::dpop::KEY_FIELD)?;
         let _ = self.vault.delete_record(&p.verifier_record);
-        Ok(verifier)
+        Ok(verifier.map(|verifier| PendingSecrets { verifier, dpop_key }))
     }
 
     /// Seals the tokens and records the connection (replacing the user's earlier one for the
-    /// service), in the write order of the module comment of `gateway`.
+    /// service), in the write order of the module comment of `gateway`. `dpop_key`: the key
+    /// the tokens were requested with; it is sealed beside them, since refreshing needs it.
     pub fn finish_connect(
         &self,
         user: &User,
         pending: &PendingAuthorization,
         tokens: &TokenResponse,
         granted: Vec<String>,
+        dpop_key: Option<&SecretBytes>,
     ) -> Result<Connection, GatewayError> {
         let record = format!("{SECRET_PREFIX}{}", uuid::Uuid::new_v4());
         let mut items: Vec<(&str, &str, &[u8])> =
@@ -305,6 +342,10 @@ impl Gateway {
         if let Some(rt) = &tokens.refresh_token {
             items.push((&record, REFRESH_FIELD, rt.expose_secret()));
         }
+        if let Some(k) = dpop_key {
+            items.push((&record, crate::oauth::dpop::KEY_FIELD, k.expose_secret()));
+        }
+        let dpop_jkt = bound_to(tokens, dpop_key)?;
         self.vault.put_many(&items)?;
         let fingerprint = self.vault.fingerprint(tokens.access_token.expose_secret());
         let result = self.store.write(|t| {
@@ -331,6 +372,7 @@ impl Gateway {
                 last_refresh: None,
                 refresh: Default::default(),
                 subject: self.subject_of(&pending.service, tokens),
+                dpop_jkt: dpop_jkt.clone(),
             };
             t.put_connection(&conn)?;
             t.audit(
@@ -345,7 +387,8 @@ impl Gateway {
                             "no"
                         },
                     )
-                    .detail("token", &fingerprint),
+                    .detail("token", &fingerprint)
+                    .detail("dpop", dpop_jkt.as_deref().unwrap_or("no")),
             )?;
             Ok((conn, old))
         });
@@ -398,5 +441,30 @@ impl Gateway {
         service: &str,
     ) -> Result<Option<Connection>, GatewayError> {
         Ok(self.store.read()?.live_connection(user_id, service)?)
+    }
+}
+
+/// The thumbprint of the key the tokens are bound to: only when the server says so with
+/// `token_type` DPoP (RFC 9449 §5). A server that answers Bearer although DPoP was asked has
+/// not bound them; they are then used as Bearer tokens, as that server expects.
+pub fn bound_to(
+    tokens: &TokenResponse,
+    dpop_key: Option<&SecretBytes>,
+) -> Result<Option<String>, GatewayError> {
+    match (
+        tokens.token_type == crate::oauth::token::TokenType::DPoP,
+        dpop_key,
+    ) {
+        (true, Some(k)) => Ok(Some(
+            crate::oauth::dpop::DpopKey::from_pkcs8(k.expose_secret())
+                .map_err(|e| GatewayError::Invalid(e.to_string()))?
+                .thumbprint()
+                .to_owned(),
+        )),
+        // A DPoP token we hold no key for could never be used: refuse it rather than store it.
+        (true, None) => Err(GatewayError::Invalid(
+            "the provider issued a DPoP-bound token although no DPoP proof was sent".into(),
+        )),
+        (false, _) => Ok(None),
     }
 }

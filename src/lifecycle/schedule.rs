@@ -210,6 +210,7 @@ mod tests {
             last_refresh: None,
             refresh: RefreshState::default(),
             subject: None,
+            dpop_jkt: None,
         }
     }
 

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use base64::Engine;
 use url::Url;
 
+use super::dpop::{DpopKey, Nonces};
 use super::provider::{
     ClientAuth, DiscoveryError, Metadata, ResolvedProvider, Revocation, from_metadata,
     metadata_urls, resolve_static,
@@ -60,6 +61,8 @@ impl ClientCredentials {
 pub struct OAuthClient {
     http: reqwest::Client,
     discovered: Mutex<HashMap<String, (Instant, Arc<ResolvedProvider>)>>,
+    /// The newest DPoP nonce of every server we talk to (RFC 9449 §8), shared with the proxy.
+    pub nonces: Arc<Nonces>,
 }
 
 impl Default for OAuthClient {
@@ -73,6 +76,7 @@ impl OAuthClient {
         Self {
             http: outbound_client(Duration::from_secs(15)),
             discovered: Mutex::new(HashMap::new()),
+            nonces: Arc::new(Nonces::default()),
         }
     }
 
@@ -94,7 +98,12 @@ impl OAuthClient {
         {
             return Ok(r.clone());
         }
-        let resolved = Arc::new(self.discover(issuer).await?);
+        let mut found = self.discover(issuer).await?;
+        // The config's word wins over what the server advertises.
+        if let Some(d) = p.dpop {
+            found.dpop = d;
+        }
+        let resolved = Arc::new(found);
         if let Ok(mut cache) = self.discovered.lock() {
             cache.insert(name.to_owned(), (Instant::now(), resolved.clone()));
         }
@@ -126,7 +135,9 @@ impl OAuthClient {
         Err(DiscoveryError::NotFound(issuer.to_string()))
     }
 
-    /// RFC 6749 §4.1.3 with PKCE (RFC 7636 §4.5) and, when wanted, RFC 8707 `resource`.
+    /// RFC 6749 §4.1.3 with PKCE (RFC 7636 §4.5) and, when wanted, RFC 8707 `resource`;
+    /// with a DPoP proof (RFC 9449 §5) when the connection has a key.
+    #[allow(clippy::too_many_arguments)]
     pub async fn exchange_code(
         &self,
         rp: &ResolvedProvider,
@@ -135,6 +146,7 @@ impl OAuthClient {
         verifier: &[u8],
         redirect_uri: &str,
         resource: Option<&Url>,
+        dpop: Option<&DpopKey>,
     ) -> Result<TokenResponse, ExchangeError> {
         let verifier = std::str::from_utf8(verifier)
             .map_err(|_| ExchangeError::Credentials("corrupt PKCE verifier".into()))?;
@@ -148,16 +160,18 @@ impl OAuthClient {
         if let (Some(r), true) = (resource_s.as_deref(), rp.send_resource) {
             form.push(("resource", r));
         }
-        self.token_request(rp, creds, form).await
+        self.token_request(rp, creds, form, dpop).await
     }
 
-    /// RFC 6749 §6 (with RFC 8707 `resource` when the service wants it).
+    /// RFC 6749 §6 (with RFC 8707 `resource` when the service wants it, and a DPoP proof
+    /// when the connection has a key).
     pub async fn refresh(
         &self,
         rp: &ResolvedProvider,
         creds: &ClientCredentials,
         refresh_token: &[u8],
         resource: Option<&Url>,
+        dpop: Option<&DpopKey>,
     ) -> Result<TokenResponse, ExchangeError> {
         let rt = zeroize::Zeroizing::new(String::from_utf8_lossy(refresh_token).into_owned());
         let mut form: Vec<(&str, &str)> = vec![
@@ -168,15 +182,46 @@ impl OAuthClient {
         if let (Some(r), true) = (resource_s.as_deref(), rp.send_resource) {
             form.push(("resource", r));
         }
-        self.token_request(rp, creds, form).await
+        self.token_request(rp, creds, form, dpop).await
     }
 
     async fn token_request(
         &self,
         rp: &ResolvedProvider,
         creds: &ClientCredentials,
-        mut form: Vec<(&str, &str)>,
+        form: Vec<(&str, &str)>,
+        dpop: Option<&DpopKey>,
     ) -> Result<TokenResponse, ExchangeError> {
+        let mut nonce_retried = false;
+        loop {
+            let (status, body, fresh_nonce) = self.token_post(rp, creds, &form, dpop).await?;
+            let parsed = token::parse(status, &body, rp.quirks);
+            // RFC 9449 §8: the server wants a (newer) nonce and did not process the request,
+            // so one retry with it is safe even for a rotating refresh token. Exactly one: a
+            // server that keeps asking gets a transient failure, never a strike.
+            if let Err(TokenError::Refused { error, .. }) = &parsed
+                && error == "use_dpop_nonce"
+                && dpop.is_some()
+                && fresh_nonce
+                && !nonce_retried
+            {
+                nonce_retried = true;
+                continue;
+            }
+            return Ok(parsed?);
+        }
+    }
+
+    /// One POST to the token endpoint: the status, the (capped) body, and whether it carried
+    /// a new DPoP nonce.
+    async fn token_post(
+        &self,
+        rp: &ResolvedProvider,
+        creds: &ClientCredentials,
+        form: &[(&str, &str)],
+        dpop: Option<&DpopKey>,
+    ) -> Result<(u16, Vec<u8>, bool), ExchangeError> {
+        let mut form = form.to_vec();
         let secret_text = creds
             .secret
             .as_ref()
@@ -186,6 +231,13 @@ impl OAuthClient {
             .http
             .post(rp.token_endpoint.clone())
             .header("Accept", "application/json");
+        if let Some(key) = dpop {
+            let nonce = self.nonces.get(&rp.token_endpoint);
+            let proof = key
+                .proof("POST", &rp.token_endpoint, nonce.as_deref(), None)
+                .map_err(|e| ExchangeError::Credentials(e.to_string()))?;
+            req = req.header("DPoP", proof);
+        }
         match (rp.client_auth, secret_text.as_deref()) {
             (ClientAuth::Basic, Some(secret)) => {
                 req = req.header("Authorization", basic_auth(&creds.client_id, secret));
@@ -202,6 +254,8 @@ impl OAuthClient {
             .await
             .map_err(|e| ExchangeError::Network(e.without_url().to_string()))?;
         let status = resp.status().as_u16();
+        let fresh_nonce =
+            dpop.is_some() && self.nonces.remember(&rp.token_endpoint, resp.headers());
         if status == 429 || status >= 500 {
             // Only delta-seconds; an HTTP-date (rare from token endpoints) falls back to
             // our own backoff.
@@ -218,7 +272,7 @@ impl OAuthClient {
         let body = read_capped(resp, token::MAX_BODY_BYTES)
             .await
             .map_err(|_| ExchangeError::Token(TokenError::TooLarge))?;
-        Ok(token::parse(status, &body, rp.quirks)?)
+        Ok((status, body, fresh_nonce))
     }
 
     /// Revokes one token at the provider. RFC 7009 §2.1 (with a type hint), or the vendor's own

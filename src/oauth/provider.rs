@@ -46,6 +46,8 @@ pub struct ResolvedProvider {
     pub implied_scopes: Vec<&'static str>,
     /// Entra rejects RFC 8707 `resource` together with `scope` (AADSTS9010010).
     pub send_resource: bool,
+    /// Tokens are requested sender-constrained with DPoP (RFC 9449).
+    pub dpop: bool,
 }
 
 #[allow(clippy::expect_used)] // invariant: the preset URLs below are constants that parse.
@@ -66,6 +68,8 @@ pub fn preset(p: &Preset, tenant: Option<&str>) -> ResolvedProvider {
         scope_param: "scope",
         implied_scopes: Vec::new(),
         send_resource: true,
+        // None of the presets' providers supports DPoP; `dpop = true` turns it on.
+        dpop: false,
     };
     match p {
         // Google returns a refresh token only with access_type=offline, and again on a
@@ -134,6 +138,9 @@ pub struct Metadata {
     pub authorization_response_iss_parameter_supported: bool,
     #[serde(default)]
     pub token_endpoint_auth_methods_supported: Vec<String>,
+    /// RFC 9449 §5.1.
+    #[serde(default)]
+    pub dpop_signing_alg_values_supported: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -235,11 +242,21 @@ pub fn from_metadata(
         scope_param: "scope",
         implied_scopes: Vec::new(),
         send_resource: true,
+        dpop: m
+            .dpop_signing_alg_values_supported
+            .iter()
+            .any(|a| a == super::dpop::ALG),
     })
 }
 
 /// A provider that needs no network to resolve (presets and explicit endpoints).
 pub fn resolve_static(p: &Provider) -> Option<ResolvedProvider> {
+    let mut r = resolve_static_endpoints(p)?;
+    r.dpop = p.dpop.unwrap_or(false);
+    Some(r)
+}
+
+fn resolve_static_endpoints(p: &Provider) -> Option<ResolvedProvider> {
     match &p.endpoints {
         ProviderEndpoints::Preset(preset_kind) => Some(preset(preset_kind, p.tenant.as_deref())),
         ProviderEndpoints::Explicit {
@@ -260,6 +277,7 @@ pub fn resolve_static(p: &Provider) -> Option<ResolvedProvider> {
             scope_param: "scope",
             implied_scopes: Vec::new(),
             send_resource: true,
+            dpop: false,
         }),
         ProviderEndpoints::Issuer(_) => None,
     }
@@ -296,7 +314,24 @@ mod tests {
             code_challenge_methods_supported: methods.iter().map(|s| s.to_string()).collect(),
             authorization_response_iss_parameter_supported: true,
             token_endpoint_auth_methods_supported: vec![],
+            dpop_signing_alg_values_supported: vec![],
         }
+    }
+
+    #[test]
+    fn dpop_is_used_when_es256_is_advertised() {
+        let iss = Url::parse("https://as.example").unwrap();
+        assert!(
+            !from_metadata(&iss, meta("https://as.example", &["S256"]))
+                .unwrap()
+                .dpop
+        );
+        let mut m = meta("https://as.example", &["S256"]);
+        m.dpop_signing_alg_values_supported = vec!["RS256".into()];
+        assert!(!from_metadata(&iss, m).unwrap().dpop, "we only sign ES256");
+        let mut m = meta("https://as.example", &["S256"]);
+        m.dpop_signing_alg_values_supported = vec!["EdDSA".into(), "ES256".into()];
+        assert!(from_metadata(&iss, m).unwrap().dpop);
     }
 
     #[test]

@@ -134,12 +134,8 @@ pub fn parse(status: u16, body: &[u8], quirks: Quirks) -> Result<TokenResponse, 
     let token_type = match tok.get("token_type").and_then(Value::as_str) {
         None | Some("") => return Err(TokenError::MissingTokenType),
         Some(t) if t.eq_ignore_ascii_case("bearer") => TokenType::Bearer,
-        // DPoP is not implemented yet: a sender-constrained token must never go out as Bearer.
-        Some(t) if t.eq_ignore_ascii_case("dpop") => {
-            return Err(TokenError::UnsupportedTokenType(
-                "DPoP (not supported yet)".into(),
-            ));
-        }
+        // RFC 9449 §5: bound to the proof's key; sent only as `Authorization: DPoP`.
+        Some(t) if t.eq_ignore_ascii_case("dpop") => TokenType::DPoP,
         // Slack's own token types are bearer tokens.
         Some("bot" | "user") if quirks.slack => TokenType::Bearer,
         Some(t) => return Err(TokenError::UnsupportedTokenType(short(t))),
@@ -230,6 +226,22 @@ mod tests {
         assert_eq!(r.expires_in, Some(3600));
         assert_eq!(r.scope, Some(vec!["a".into(), "b".into()]));
         assert_eq!(r.refresh_token.unwrap().expose_secret(), b"rt");
+        assert_eq!(r.token_type, TokenType::Bearer);
+        // RFC 9449 §5: a DPoP-bound token says so (case-insensitively, like Bearer).
+        let r = parse(
+            200,
+            br#"{"access_token":"at","token_type":"DPoP","expires_in":60}"#,
+            STRICT,
+        )
+        .unwrap();
+        assert_eq!(r.token_type, TokenType::DPoP);
+        let r = parse(
+            200,
+            br#"{"access_token":"at","token_type":"dpop","expires_in":60}"#,
+            STRICT,
+        )
+        .unwrap();
+        assert_eq!(r.token_type, TokenType::DPoP);
     }
 
     #[test]

@@ -86,6 +86,10 @@ pub struct Connection {
     /// Who the account is at the provider, so its revocation events find this connection (I18).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub subject: Option<ProviderSubject>,
+    /// The RFC 7638 thumbprint of the DPoP key the current tokens are bound to (RFC 9449);
+    /// `None`: Bearer tokens. A bound token is only ever sent with a proof of that key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dpop_jkt: Option<String>,
 }
 
 /// The token lifecycle's durable state for one connection (I16, I17).

@@ -19,6 +19,7 @@ use crate::gateway::Gateway;
 use crate::gateway::connect::CallbackRefusal;
 use crate::oauth::callback::{self, Outcome};
 use crate::oauth::client::ClientCredentials;
+use crate::oauth::dpop::DpopKey;
 use crate::store::{ConnectionStatus, User};
 
 pub const COOKIE: &str = "scopegate_session";
@@ -431,6 +432,7 @@ pub async fn begin(
     }
     let redirect = redirect_uri(&state);
     let iss_req = rp.iss_supported;
+    let dpop = rp.dpop;
     let (g2, u2, s2, svc2, iss2, sc2, r2) = (
         g.clone(),
         user.clone(),
@@ -447,6 +449,7 @@ pub async fn begin(
             iss_required: iss_req,
             scopes: &sc2,
             redirect_uri: &r2,
+            dpop,
         };
         g2.begin_connect(&u2, &s2, &target)
     })
@@ -473,6 +476,10 @@ pub async fn begin(
             .append_pair("code_challenge_method", "S256");
         if let (Some(r), true) = (resource, rp.send_resource) {
             q.append_pair("resource", r.as_str());
+        }
+        // RFC 9449 §10: the code is bound to the key, so a stolen code is useless too.
+        if let Some(jkt) = &begun.dpop_jkt {
+            q.append_pair("dpop_jkt", jkt);
         }
         for (k, v) in &rp.extra_authorize_params {
             q.append_pair(k, v);
@@ -568,7 +575,7 @@ pub async fn callback(
     };
     let g = state.gateway.clone();
     let (p2, name) = (pending.clone(), user.name.clone());
-    let verifier = match blocking(move || g.consume_pending(&p2, &name, "code")).await {
+    let secrets = match blocking(move || g.consume_pending(&p2, &name, "code")).await {
         Some(Ok(Some(v))) => v,
         Some(Ok(None)) => {
             return refusal(
@@ -607,15 +614,28 @@ pub async fn callback(
             );
         }
     };
+    let dpop_key = match secrets
+        .dpop_key
+        .as_ref()
+        .map(|k| DpopKey::from_pkcs8(k.expose_secret()))
+    {
+        None => None,
+        Some(Ok(k)) => Some(k),
+        Some(Err(e)) => {
+            tracing::error!(error = %e, "the sign-in's DPoP key");
+            return internal();
+        }
+    };
     let mut tokens = match state
         .oauth
         .exchange_code(
             &rp,
             &creds,
             &code,
-            verifier.expose_secret(),
+            secrets.verifier.expose_secret(),
             &pending.redirect_uri,
             resource,
+            dpop_key.as_ref(),
         )
         .await
     {
@@ -655,7 +675,8 @@ pub async fn callback(
     let g = state.gateway.clone();
     let p2 = pending.clone();
     let tokens = Arc::new(tokens);
-    match blocking(move || g.finish_connect(&user, &p2, &tokens, granted)).await {
+    let key = secrets.dpop_key;
+    match blocking(move || g.finish_connect(&user, &p2, &tokens, granted, key.as_ref())).await {
         Some(Ok(_)) => {
             let target = format!(
                 "/connect?connected={}",

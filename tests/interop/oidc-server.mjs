@@ -7,18 +7,26 @@
 //   POST /test/mode {"deny": true}            the user denies
 //   POST /test/mode {"token_unavailable": true}  the token endpoint answers 503 (Retry-After: 1)
 //   POST /test/revoke-grants                  the user revokes the app at the provider
+// DPOP=1 turns on DPoP (RFC 9449) with nonces required at the token endpoint; the stats then
+// count token requests carrying a proof, `use_dpop_nonce` answers, DPoP-bound tokens issued,
+// and authorization requests that carried `dpop_jkt`.
 // and GET /test/stats counts token-endpoint requests, so tests can prove none was made, and
 // names the scopes the last consent prompt asked for.
 //
 // env: PORT, REDIRECT_URI, CLIENT_SECRET, ACCESS_TTL (seconds), NO_S256 (unused here).
 import http from 'node:http';
+import crypto from 'node:crypto';
 import Provider from 'oidc-provider';
 
 const port = Number(process.env.PORT);
 const issuer = `http://127.0.0.1:${port}`;
 const mode = { grant: null, deny: false, token_unavailable: false };
 const grants = [];
-const stats = { token_requests: 0, revocations: 0, introspections: 0, consent_asked: [], unavailable_answers: 0 };
+const stats = {
+  token_requests: 0, revocations: 0, introspections: 0, consent_asked: [], unavailable_answers: 0,
+  dpop_token_requests: 0, dpop_nonce_errors: 0, dpop_bound_tokens: 0, auth_with_dpop_jkt: 0, grant_errors: [],
+};
+const dpop = process.env.DPOP === '1';
 
 const provider = new Provider(issuer, {
   clients: [{
@@ -35,6 +43,10 @@ const provider = new Provider(issuer, {
     devInteractions: { enabled: false },
     revocation: { enabled: true },
     introspection: { enabled: true },
+    // v9 enables DPoP by default; the tests choose.
+    dPoP: dpop
+      ? { enabled: true, nonceSecret: crypto.randomBytes(32), requireNonce: () => true }
+      : { enabled: false },
   },
   rotateRefreshToken: true,
   issueRefreshToken: async () => true,
@@ -44,6 +56,13 @@ const provider = new Provider(issuer, {
   cookies: { keys: ['interop-cookie-key-not-secret'] },
 });
 provider.proxy = false;
+provider.on('grant.error', (ctx, err) => {
+  stats.grant_errors.push(err.error);
+  if (err.error === 'use_dpop_nonce') stats.dpop_nonce_errors += 1;
+});
+provider.on('access_token.saved', (token) => {
+  if (token['x5t#S256'] === undefined && token.jkt) stats.dpop_bound_tokens += 1;
+});
 
 async function interaction(req, res) {
   const details = await provider.interactionDetails(req, res);
@@ -93,6 +112,8 @@ const server = http.createServer(async (req, res) => {
     const path = req.url.split('?')[0];
     if (path === '/auth') stats.consent_asked = null; // each authorization request starts afresh
     if (path === '/token') stats.token_requests += 1;
+    if (path === '/token' && req.headers.dpop) stats.dpop_token_requests += 1;
+    if (path === '/auth' && new URL(req.url, issuer).searchParams.get('dpop_jkt')) stats.auth_with_dpop_jkt += 1;
     if (path === '/token' && mode.token_unavailable) {
       stats.unavailable_answers += 1;
       res.statusCode = 503;

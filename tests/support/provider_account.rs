@@ -46,7 +46,8 @@ pub fn connect(
         subject: Some(subject.into()),
         team: team.map(str::to_owned),
     };
-    g.finish_connect(&u, &pending, &tokens, vec![]).unwrap()
+    g.finish_connect(&u, &pending, &tokens, vec![], None)
+        .unwrap()
 }
 
 pub fn hmac_hex(key: &str, parts: &[&[u8]]) -> String {
