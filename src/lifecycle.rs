@@ -38,7 +38,8 @@ use schedule::{Clock, Schedule};
 /// The sealed expiry (unix seconds) stored beside a refresh's tokens, for adoption.
 const EXPIRES_FIELD: &str = "expires_at";
 
-/// Refresh on demand when less than this is left (the scheduler aims at 80% of lifetime).
+/// Refresh on demand when less than this (or a tenth of the lifetime) is left; the scheduler
+/// aims at 80% of the lifetime.
 pub const REFRESH_MARGIN: Duration = Duration::seconds(60);
 const MAX_STRIKES: u32 = 3;
 /// Backoff after transient failures: 5 s, 10 s, 20 s … capped at 15 minutes, ±25% jitter.
@@ -195,7 +196,10 @@ impl Refresher {
         };
         let issued = c.last_refresh.or(c.secret_set_at).unwrap_or(now);
         let lifetime: Duration = expires - issued;
-        let margin: Duration = std::cmp::min(lifetime / 5_i32, REFRESH_MARGIN);
+        // The last tenth of the lifetime: later than the scheduler's latest due time (85%), so
+        // under a steady load the scheduler refreshes first and no agent call waits for it;
+        // an agent only refreshes when the scheduler is behind or off.
+        let margin: Duration = std::cmp::min(lifetime / 10_i32, REFRESH_MARGIN);
         expires - now < margin
     }
 
@@ -998,6 +1002,24 @@ mod tests {
             TokenError::MissingAccessToken
         )));
         assert!(!outcome_unknown(&refused("invalid_grant")));
+    }
+
+    #[test]
+    fn the_scheduler_comes_before_an_agent_would_refresh() {
+        let issued = OffsetDateTime::from_unix_timestamp(1_800_000_000).unwrap();
+        for lifetime in [4, 10, 30, 60, 300, 3600, 86_400] {
+            let c = schedule::tests::oauth(issued, lifetime);
+            // The latest the scheduler can be due (jitter at its maximum).
+            let due = schedule::due_at(&c, 1.0).unwrap();
+            assert!(
+                !Refresher::needs_refresh(&c, due),
+                "{lifetime} s tokens: an agent call at the scheduler's due time refreshes itself"
+            );
+            assert!(Refresher::needs_refresh(
+                &c,
+                issued + Duration::seconds(lifetime) - Duration::milliseconds(1)
+            ));
+        }
     }
 
     #[test]

@@ -848,8 +848,15 @@ async fn proactive_refresh_keeps_a_steady_load_free_of_401s() {
     let calls_refused = audit_entries(&s, "mcp.call", "upstream_401").len();
     assert_eq!(calls_refused, 0, "an agent call met an expired token");
     assert_eq!(s.connections()[0]["status"], "active");
+    // The scheduler comes first: agents rarely (ideally never) wait for a refresh themselves.
+    let on_demand = audit_entries(&s, "oauth.refresh", "ok").len() - refreshed.len();
+    assert!(
+        on_demand <= refreshed.len() / 4,
+        "{on_demand} refreshes were made by agent calls, {} by the scheduler",
+        refreshed.len()
+    );
     println!(
-        "soak: {soak} s, {ttl} s tokens, {calls} calls all answered 200 by the introspecting upstream, {} scheduled refreshes, 0 upstream 401s",
+        "soak: {soak} s, {ttl} s tokens, {calls} calls all answered 200 by the introspecting upstream, {} scheduled and {on_demand} on-demand refreshes, 0 upstream 401s",
         refreshed.len()
     );
 }

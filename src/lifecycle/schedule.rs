@@ -185,12 +185,12 @@ impl Clock for FakeClock {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
     use crate::store::RefreshState;
 
-    fn oauth(issued: OffsetDateTime, lifetime_s: i64) -> Connection {
+    pub(crate) fn oauth(issued: OffsetDateTime, lifetime_s: i64) -> Connection {
         Connection {
             id: "c".into(),
             user_id: "u".into(),
