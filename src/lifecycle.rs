@@ -37,6 +37,9 @@ use schedule::{Clock, Schedule};
 
 /// The sealed expiry (unix seconds) stored beside a refresh's tokens, for adoption.
 const EXPIRES_FIELD: &str = "expires_at";
+/// How the sealed tokens are bound: `dpop:<thumbprint>` or `bearer` (RFC 9449 §5), so that a
+/// refresh answer adopted after a crash is presented exactly as the server issued it.
+const BINDING_FIELD: &str = "binding";
 
 /// Refresh on demand when less than this (or a tenth of the lifetime) is left; the scheduler
 /// aims at 80% of the lifetime.
@@ -58,6 +61,22 @@ pub enum RefreshError {
     Transient(String),
     #[error("internal error: {0}")]
     Internal(String),
+}
+
+fn binding_value(dpop_jkt: Option<&str>) -> String {
+    match dpop_jkt {
+        Some(jkt) => format!("dpop:{jkt}"),
+        None => "bearer".into(),
+    }
+}
+
+fn parse_binding(b: &[u8]) -> Option<String> {
+    match std::str::from_utf8(b) {
+        Ok("bearer") => None,
+        Ok(s) => Some(s.strip_prefix("dpop:").unwrap_or("").to_owned()),
+        // Unreadable: bound to nothing we can prove, so never sent as Bearer.
+        Err(_) => Some(String::new()),
+    }
 }
 
 /// What a refresh is asked for.
@@ -364,14 +383,6 @@ impl Refresher {
         .map_err(internal)?
         .map_err(internal)?;
         let old_refresh = old_refresh.ok_or(RefreshError::NoRefreshToken)?;
-        // RFC 9449 §5: the refresh is proven with the key the tokens are bound to (for a
-        // public client the refresh token itself is bound to it), and the new tokens stay
-        // bound to the same key.
-        let dpop_key = dpop_pkcs8
-            .as_ref()
-            .map(|k| crate::oauth::dpop::DpopKey::from_pkcs8(k.expose_secret()))
-            .transpose()
-            .map_err(internal)?;
         let rp = self
             .oauth
             .resolve(provider, p)
@@ -387,6 +398,14 @@ impl Refresher {
         {
             return done;
         }
+        // RFC 9449 §5: the refresh is proven with the key the tokens are bound to (for a
+        // public client the refresh token itself is bound to it), and the new tokens stay
+        // bound to the same key. Parsed after the adoption above, which needs no key.
+        let dpop_key = dpop_pkcs8
+            .as_ref()
+            .map(|k| crate::oauth::dpop::DpopKey::from_pkcs8(k.expose_secret()))
+            .transpose()
+            .map_err(internal)?;
         // A resumed attempt seals under the name its marker already carries.
         let new_record = conn
             .refresh
@@ -469,6 +488,11 @@ impl Refresher {
                         ),
                     ),
                 ];
+                seal.push((
+                    new_record.clone(),
+                    BINDING_FIELD,
+                    SecretBytes::new(binding_value(dpop_jkt.as_deref()).into_bytes()),
+                ));
                 // The key travels with the tokens bound to it.
                 if let Some(k) = &dpop_pkcs8 {
                     seal.push((
@@ -690,13 +714,25 @@ impl Refresher {
             let access = g.vault.get(&p2, ACCESS_FIELD)?;
             let refresh = g.vault.get(&p2, REFRESH_FIELD)?;
             let expires = g.vault.get(&p2, EXPIRES_FIELD)?;
-            Ok::<_, crate::vault::VaultError>((access, refresh, expires))
+            let binding = g.vault.get(&p2, BINDING_FIELD)?;
+            let key = g.vault.get(&p2, crate::oauth::dpop::KEY_FIELD)?;
+            Ok::<_, crate::vault::VaultError>((access, refresh, expires, binding, key))
         })
         .await
         .map_err(internal)?
         .map_err(internal)?;
-        let (Some(access), Some(_), expires) = found else {
+        let (Some(access), Some(_), expires, binding, key) = found else {
             return Ok(None);
+        };
+        // Presented exactly as issued; with no record of it (sealed by an older version),
+        // a record holding a key is taken as bound to it, never as Bearer.
+        let dpop_jkt = match binding.as_ref().map(|b| parse_binding(b.expose_secret())) {
+            Some(jkt) => jkt,
+            None => key
+                .as_ref()
+                .and_then(|k| crate::oauth::dpop::DpopKey::from_pkcs8(k.expose_secret()).ok())
+                .map(|k| k.thumbprint().to_owned())
+                .or_else(|| key.as_ref().map(|_| String::new())),
         };
         let fp = self.gateway.vault.fingerprint(access.expose_secret());
         let expires = expires
@@ -723,6 +759,7 @@ impl Refresher {
                     c.secret_record = Some(pending2);
                     c.secret_fingerprint = Some(fp.clone());
                     c.access_expires = expires;
+                    c.dpop_jkt = dpop_jkt;
                     c.last_refresh = since;
                     c.strikes = 0;
                     c.refresh = Default::default();

@@ -364,12 +364,7 @@ impl Proxy {
         match tokio::time::timeout(self.response_start_timeout, req.send()).await {
             Err(_) => Err(StatusCode::GATEWAY_TIMEOUT),
             Ok(Err(_)) => Err(StatusCode::BAD_GATEWAY),
-            Ok(Ok(r)) => {
-                if credential.dpop.is_some() {
-                    self.dpop_nonces.remember(&svc.mcp_url, r.headers());
-                }
-                Ok(r)
-            }
+            Ok(Ok(r)) => Ok(r),
         }
     }
 }
@@ -606,14 +601,24 @@ pub async fn handle(
                 );
             }
         };
-        // RFC 9449 §9: the resource server wants a (newer) nonce, which `forward` has just
-        // remembered. One retry with it; no refresh, since the token is fine.
-        if cred.dpop.is_some()
-            && !nonce_retried
-            && crate::oauth::dpop::resource_wants_nonce(resp.status().as_u16(), resp.headers())
-        {
-            nonce_retried = true;
-            continue;
+        if cred.dpop.is_some() {
+            let fresh = proxy.dpop_nonces.remember(&svc.mcp_url, resp.headers());
+            let status = resp.status().as_u16();
+            // RFC 9449 §9: the resource server wants a (newer) nonce and gave one. One retry
+            // with it; no refresh, since the token is fine.
+            if fresh
+                && !nonce_retried
+                && crate::oauth::dpop::resource_wants_nonce(status, resp.headers())
+            {
+                nonce_retried = true;
+                continue;
+            }
+            // A proof problem is not the token's: a refresh would not help.
+            if crate::oauth::dpop::resource_error(status, resp.headers(), "use_dpop_nonce")
+                || crate::oauth::dpop::resource_error(status, resp.headers(), "invalid_dpop_proof")
+            {
+                break resp;
+            }
         }
         // An upstream 401 on an OAuth connection: one refresh and one retry, never a loop.
         if resp.status() == reqwest::StatusCode::UNAUTHORIZED
@@ -658,18 +663,22 @@ pub async fn handle(
         );
     }
     if status == reqwest::StatusCode::UNAUTHORIZED {
-        // The refresh-and-retry of the token lifecycle is not in yet; tell the agent plainly.
+        // Still refused after the one refresh (and, with DPoP, the one nonce retry). Upstream's
+        // own WWW-Authenticate is not the agent's business; say what to do.
+        let text = if cred.dpop.is_some()
+            && (crate::oauth::dpop::resource_error(401, resp.headers(), "use_dpop_nonce")
+                || crate::oauth::dpop::resource_error(401, resp.headers(), "invalid_dpop_proof"))
+        {
+            format!("{service} did not accept the gateway's DPoP proof; try again later")
+        } else {
+            format!(
+                "{service} refused the stored credential; reconnect at {}",
+                proxy.connect_url
+            )
+        };
         return json_response(
             StatusCode::BAD_GATEWAY,
-            jsonrpc::error(
-                &id,
-                -32001,
-                &format!(
-                    "{service} refused the stored credential; reconnect at {}",
-                    proxy.connect_url
-                ),
-                None,
-            ),
+            jsonrpc::error(&id, -32001, &text, None),
         );
     }
     let mut out = Response::builder().status(status.as_u16());

@@ -795,6 +795,7 @@ async fn whoami(s: &Setup, token: &str, id: u64) -> (u16, String) {
         .post(format!("{}/mcp/files", s.base))
         .bearer_auth(token)
         .header("content-type", "application/json")
+        .header("accept", "application/json, text/event-stream")
         .header("mcp-protocol-version", "2025-11-25")
         .body(
             serde_json::json!({"jsonrpc":"2.0","id":id,"method":"tools/call","params":{"name":"whoami","arguments":{}}})
@@ -805,6 +806,69 @@ async fn whoami(s: &Setup, token: &str, id: u64) -> (u16, String) {
         .unwrap();
     let st = r.status().as_u16();
     (st, r.text().await.unwrap())
+}
+
+/// The DPoP-only MCP resource server (tests/interop/dpop-upstream.mjs) on `port`, checking
+/// tokens by introspection at `issuer`.
+struct DpopUpstream {
+    child: Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl DpopUpstream {
+    fn start(port: u16, issuer: &str) -> Self {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop");
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("dpop-upstream.log");
+        let child = Command::new("node")
+            .arg(root.join("dpop-upstream.mjs"))
+            .env("PORT", port.to_string())
+            .env("ISSUER", issuer)
+            .env("CLIENT_ID", "scopegate")
+            .env("CLIENT_SECRET", CLIENT_SECRET)
+            .stdout(std::fs::File::create(&log).unwrap())
+            .stderr(std::fs::File::create(dir.path().join("dpop-upstream.err")).unwrap())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains("ready")
+        {
+            assert!(Instant::now() < deadline, "the DPoP upstream did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Self {
+            child,
+            port,
+            _dir: dir,
+        }
+    }
+
+    async fn stats(&self) -> serde_json::Value {
+        reqwest::get(format!("http://127.0.0.1:{}/test/stats", self.port))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
+    async fn post(&self, what: &str) {
+        reqwest::Client::new()
+            .post(format!("http://127.0.0.1:{}/test/{what}", self.port))
+            .send()
+            .await
+            .unwrap();
+    }
+}
+
+impl Drop for DpopUpstream {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 /// The scheduler refreshes ahead of use (4 s tokens, refreshed at about 80%): a steady agent
@@ -998,24 +1062,38 @@ async fn outage_backs_off_and_a_revoked_grant_ends_in_reconnect() {
 /// restart makes at most one token request by itself (no loop against reuse detection).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_during_refresh_loses_nothing_and_never_loops() {
-    let runs = std::env::var("SCOPEGATE_KILL_RUNS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(30u64);
+    sigkill_runs(false, env_u64("SCOPEGATE_KILL_RUNS", 30)).await;
+}
+
+/// The same with DPoP-bound tokens (`SCOPEGATE_KILL_RUNS_DPOP`, 10 here): a refresh answer
+/// adopted after the crash keeps its key and its binding, so no call ever goes out as Bearer
+/// and every proof verifies at the DPoP-only upstream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_during_a_dpop_refresh_keeps_the_binding() {
+    sigkill_runs(true, env_u64("SCOPEGATE_KILL_RUNS_DPOP", 10)).await;
+}
+
+async fn sigkill_runs(dpop: bool, runs: u64) {
     let seed = harness::seed("SCOPEGATE_KILL_SEED", 0x5eed_cafe);
     let mut rng = harness::Rng::new(seed);
     let issuer = Arc::new(tokio::sync::OnceCell::new());
-    let up = introspecting_upstream(issuer.clone()).await;
+    let up = if dpop {
+        free_port()
+    } else {
+        introspecting_upstream(issuer.clone()).await
+    };
     // Long-lived tokens and no start-up spreading: the only refreshes are the ones started
     // here and the recovery of a lost outcome at start.
-    let mut s = setup_limits(
+    let mut s = setup_env(
         1,
         3600,
         &format!("http://127.0.0.1:{up}/mcp"),
         "refresh_startup_spread_secs = 0\n",
+        if dpop { &[("DPOP", "1")] } else { &[] },
     );
     let op_issuer = s.ops[0].issuer();
     issuer.set(op_issuer.clone()).unwrap();
+    let dpop_upstream = dpop.then(|| DpopUpstream::start(up, &op_issuer));
     let mut b = s.browser("alice").await;
     let cb = s.authorize(&mut b, "files").await;
     assert_eq!(b.get(&cb).await.status, 303);
@@ -1045,6 +1123,7 @@ async fn sigkill_during_refresh_loses_nothing_and_never_loops() {
         s.server.kill9();
         let _ = child.wait();
         let before = s.ops[0].token_requests().await;
+        let challenged = s.ops[0].stat("dpop_nonce_errors").await;
         s.server = s.inst.start_with(|c| {
             c.env("SCOPEGATE_TEST_CORP_SECRET", CLIENT_SECRET);
         });
@@ -1061,7 +1140,11 @@ async fn sigkill_during_refresh_loses_nothing_and_never_loops() {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         };
-        let by_itself = s.ops[0].token_requests().await - before;
+        // A nonce challenge (a restart forgets the provider's nonce) was not processed: the
+        // request it answered is not counted.
+        let by_itself = s.ops[0].token_requests().await
+            - before
+            - (s.ops[0].stat("dpop_nonce_errors").await - challenged);
         assert!(
             by_itself <= 1,
             "run {i}: the restart made {by_itself} token requests"
@@ -1094,9 +1177,19 @@ async fn sigkill_during_refresh_loses_nothing_and_never_loops() {
         .filter(|e| e["details"]["recovered"].is_string())
         .count();
     println!(
-        "{runs} SIGKILLs during refresh (seed {seed:#x}): {working} working ({recovered} by adopting a sealed answer), {reauth} needs_reauth with a reason, {killed_mid_flight} polls saw a marker"
+        "{runs} SIGKILLs during {}refresh (seed {seed:#x}): {working} working ({recovered} by adopting a sealed answer), {reauth} needs_reauth with a reason, {killed_mid_flight} polls saw a marker",
+        if dpop { "DPoP " } else { "" }
     );
     assert_eq!(working + reauth, runs);
+    if let Some(u) = dpop_upstream {
+        let st = u.stats().await;
+        assert_eq!(
+            st["bearer_refused"], 0,
+            "a bound token went out as Bearer: {st}"
+        );
+        assert_eq!(st["failures"], serde_json::json!([]), "{st}");
+        assert!(live(&s)["dpop_jkt"].is_string());
+    }
 }
 
 /// Issue 4's interop: the official Python MCP SDK server behind the gateway as an OAuth
@@ -1227,7 +1320,6 @@ async fn python_sdk_resource_server_validates_gateway_tokens_by_introspection() 
 /// same key. No nonce challenge is ever a strike.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dpop_binds_tokens_to_a_key_and_answers_nonce_challenges() {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop");
     let up = free_port();
     let ttl = 5;
     let s = setup_env(
@@ -1238,34 +1330,8 @@ async fn dpop_binds_tokens_to_a_key_and_answers_nonce_challenges() {
         &[("DPOP", "1")],
     );
     let op = &s.ops[0];
-    let tmp = tempfile::tempdir().unwrap();
-    let log = tmp.path().join("dpop-upstream.log");
-    let mut upstream = Command::new("node")
-        .arg(root.join("dpop-upstream.mjs"))
-        .env("PORT", up.to_string())
-        .env("ISSUER", op.issuer())
-        .env("CLIENT_ID", "scopegate")
-        .env("CLIENT_SECRET", CLIENT_SECRET)
-        .stdout(std::fs::File::create(&log).unwrap())
-        .stderr(std::fs::File::create(tmp.path().join("dpop-upstream.err")).unwrap())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !std::fs::read_to_string(&log)
-        .unwrap_or_default()
-        .contains("ready")
-    {
-        assert!(Instant::now() < deadline, "the DPoP upstream did not start");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let up_stats = async || -> serde_json::Value {
-        reqwest::get(format!("http://127.0.0.1:{up}/test/stats"))
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap()
-    };
+    let upstream = DpopUpstream::start(up, &op.issuer());
+    let up_stats = async || upstream.stats().await;
 
     // Connect: the code is bound to the key, and the exchange is proven with it.
     let mut b = s.browser("alice").await;
@@ -1341,11 +1407,7 @@ async fn dpop_binds_tokens_to_a_key_and_answers_nonce_challenges() {
         "{st}"
     );
     // A rotated nonce: exactly one more challenge, answered once.
-    reqwest::Client::new()
-        .post(format!("http://127.0.0.1:{up}/test/rotate-nonce"))
-        .send()
-        .await
-        .unwrap();
+    upstream.post("rotate-nonce").await;
     whoami_ok(&call(7).await);
     let st = up_stats().await;
     assert_eq!(
@@ -1390,6 +1452,20 @@ async fn dpop_binds_tokens_to_a_key_and_answers_nonce_challenges() {
         "the provider refused something else: {grant_errors}"
     );
 
+    // A server that challenges every proof: one retry per call, no refresh (the token is
+    // fine), no strike, and a clear answer.
+    upstream.post("always-challenge").await;
+    let (requests, token_requests) = (
+        up_stats().await["requests"].as_u64().unwrap(),
+        op.stat("token_requests").await,
+    );
+    let (st, body) = call(9).await;
+    assert_eq!(st, 502, "{body}");
+    assert!(body.contains("DPoP proof"), "{body}");
+    assert_eq!(up_stats().await["requests"].as_u64().unwrap(), requests + 2);
+    assert_eq!(op.stat("token_requests").await, token_requests);
+    assert_eq!(s.connections()[0]["strikes"], 0);
+
     // Never Bearer, and every proof verified.
     let st = up_stats().await;
     assert_eq!(st["bearer_refused"], 0, "{st}");
@@ -1400,6 +1476,4 @@ async fn dpop_binds_tokens_to_a_key_and_answers_nonce_challenges() {
         st["ok"],
         st["nonce_challenges"]
     );
-    let _ = upstream.kill();
-    let _ = upstream.wait();
 }

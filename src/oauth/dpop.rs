@@ -1,7 +1,7 @@
 //! DPoP (RFC 9449): a P-256 key per connection proves possession on every token and resource
 //! request, so a stolen access token (or refresh token of a public client) is useless without
-//! the key. The private key is sealed in the vault beside the tokens it is bound to and is
-//! only held in memory while it signs.
+//! the key. The private key is sealed in the vault beside the tokens it is bound to; in memory
+//! it lives as long as the connection's credential is cached (like the access token itself).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -22,7 +22,7 @@ pub const KEY_FIELD: &str = "dpop_key";
 pub const ALG: &str = "ES256";
 /// Nonces larger than this are not remembered (RFC 9449 §8.1 sets no limit; we do).
 const MAX_NONCE_LEN: usize = 512;
-const MAX_NONCE_ORIGINS: usize = 4096;
+const MAX_NONCE_ENDPOINTS: usize = 4096;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DpopError {
@@ -149,17 +149,17 @@ fn unix_now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-/// The newest `DPoP-Nonce` each server gave us (RFC 9449 §8, §9), by origin: the
-/// authorization server and every resource server keep their own.
+/// The newest `DPoP-Nonce` each server gave us (RFC 9449 §8, §9), by endpoint (the `htu`):
+/// a token endpoint and an MCP server on one origin still keep their own.
 #[derive(Default)]
 pub struct Nonces {
-    by_origin: Mutex<HashMap<String, String>>,
+    by_endpoint: Mutex<HashMap<String, String>>,
 }
 
 impl Nonces {
     pub fn get(&self, url: &Url) -> Option<String> {
-        let m = self.by_origin.lock().ok()?;
-        m.get(&url.origin().ascii_serialization()).cloned()
+        let m = self.by_endpoint.lock().ok()?;
+        m.get(&htu(url)).cloned()
     }
 
     /// Remembers the response's `DPoP-Nonce`, if it carries a well-formed one; `true` if so.
@@ -175,28 +175,32 @@ impl Nonces {
         if !valid {
             return false;
         }
-        if let Ok(mut m) = self.by_origin.lock() {
-            if m.len() >= MAX_NONCE_ORIGINS {
+        if let Ok(mut m) = self.by_endpoint.lock() {
+            if m.len() >= MAX_NONCE_ENDPOINTS {
                 m.clear();
             }
-            m.insert(url.origin().ascii_serialization(), n.to_owned());
+            m.insert(htu(url), n.to_owned());
         }
         true
     }
 }
 
-/// A resource server's nonce challenge: 401 with `WWW-Authenticate: DPoP error="use_dpop_nonce"`
-/// (RFC 9449 §9).
-pub fn resource_wants_nonce(status: u16, headers: &reqwest::header::HeaderMap) -> bool {
+/// A resource server's 401 names this DPoP error (RFC 9449 §7.1, §9), in any of its
+/// `WWW-Authenticate` challenges (a server may offer `Bearer …, DPoP error="…"` in one
+/// header). The error codes are only defined for the DPoP scheme.
+pub fn resource_error(status: u16, headers: &reqwest::header::HeaderMap, error: &str) -> bool {
+    let wanted = format!("error=\"{error}\"");
     status == 401
         && headers
             .get_all("www-authenticate")
             .iter()
             .filter_map(|v| v.to_str().ok())
-            .any(|v| {
-                v.get(..5).is_some_and(|s| s.eq_ignore_ascii_case("dpop "))
-                    && v.contains("error=\"use_dpop_nonce\"")
-            })
+            .any(|v| v.to_ascii_lowercase().contains("dpop") && v.contains(&wanted))
+}
+
+/// A resource server's nonce challenge (RFC 9449 §9).
+pub fn resource_wants_nonce(status: u16, headers: &reqwest::header::HeaderMap) -> bool {
+    resource_error(status, headers, "use_dpop_nonce")
 }
 
 #[cfg(test)]
@@ -279,11 +283,11 @@ mod tests {
     }
 
     #[test]
-    fn nonces_are_kept_per_origin_and_validated() {
+    fn nonces_are_kept_per_endpoint_and_validated() {
         let n = Nonces::default();
         let a = Url::parse("https://as.example/token").unwrap();
-        let a2 = Url::parse("https://as.example/other?q").unwrap();
-        let b = Url::parse("https://rs.example/mcp").unwrap();
+        let a2 = Url::parse("https://as.example/token?q#f").unwrap();
+        let b = Url::parse("https://as.example/mcp").unwrap();
         let mut h = reqwest::header::HeaderMap::new();
         h.insert("dpop-nonce", "eyJ7S_zG.eyJH0-Z.HX4w-7v".parse().unwrap());
         assert!(n.remember(&a, &h));
@@ -308,9 +312,17 @@ mod tests {
         );
         assert!(resource_wants_nonce(401, &h));
         assert!(!resource_wants_nonce(403, &h));
+        // Offered beside Bearer in one header.
         h.insert(
             "www-authenticate",
-            r#"Bearer error="use_dpop_nonce""#.parse().unwrap(),
+            r#"Bearer realm="mcp", DPoP algs="ES256", error="use_dpop_nonce""#
+                .parse()
+                .unwrap(),
+        );
+        assert!(resource_wants_nonce(401, &h));
+        h.insert(
+            "www-authenticate",
+            r#"Bearer error="invalid_token""#.parse().unwrap(),
         );
         assert!(!resource_wants_nonce(401, &h));
         h.insert(

@@ -651,6 +651,7 @@ pub async fn callback(
     };
     // GitHub's token response names no account; its revocation webhook names the user id.
     if tokens.subject.is_none()
+        && tokens.token_type == crate::oauth::token::TokenType::Bearer
         && matches!(
             rp.revocation,
             crate::oauth::provider::Revocation::GitHub { .. }

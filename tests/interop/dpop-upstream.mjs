@@ -9,6 +9,7 @@
 //
 //   GET  /test/stats         counts: ok, nonce_challenges, bearer_refused, failures (reasons)
 //   POST /test/rotate-nonce  issue a new nonce; the old one is refused from now on
+//   POST /test/always-challenge  from now on every request gets a new nonce challenge
 //
 // env: PORT, ISSUER, CLIENT_ID, CLIENT_SECRET
 import http from 'node:http';
@@ -21,8 +22,9 @@ import { CallToolRequestSchema, ListToolsRequestSchema } from '@modelcontextprot
 const port = Number(process.env.PORT);
 const issuer = process.env.ISSUER;
 const basic = Buffer.from(`${process.env.CLIENT_ID}:${process.env.CLIENT_SECRET}`).toString('base64');
-const stats = { ok: 0, nonce_challenges: 0, bearer_refused: 0, failures: [] };
+const stats = { requests: 0, ok: 0, nonce_challenges: 0, bearer_refused: 0, failures: [] };
 let nonce = crypto.randomBytes(16).toString('base64url');
+let alwaysChallenge = false;
 const seenJti = new Set();
 
 function refuse(res, error, description) {
@@ -60,6 +62,7 @@ async function authenticate(req, res) {
     if (typeof payload.iat !== 'number' || Math.abs(Date.now() / 1000 - payload.iat) > 60) throw new Error('iat');
     if (typeof payload.jti !== 'string' || seenJti.has(payload.jti)) throw new Error('jti replayed');
     seenJti.add(payload.jti);
+    if (alwaysChallenge) nonce = crypto.randomBytes(16).toString('base64url');
     if (payload.nonce !== nonce) {
       stats.nonce_challenges += 1;
       refuse(res, 'use_dpop_nonce', 'Resource server requires a current nonce in the DPoP proof');
@@ -99,10 +102,15 @@ const httpServer = http.createServer(async (req, res) => {
       res.setHeader('content-type', 'application/json');
       return res.end(JSON.stringify(stats));
     }
+    if (req.url === '/test/always-challenge' && req.method === 'POST') {
+      alwaysChallenge = true;
+      return res.end('ok');
+    }
     if (req.url === '/test/rotate-nonce' && req.method === 'POST') {
       nonce = crypto.randomBytes(16).toString('base64url');
       return res.end('ok');
     }
+    stats.requests += 1;
     let body = '';
     for await (const chunk of req) body += chunk;
     const who = await authenticate(req, res);
