@@ -8,6 +8,7 @@
 # with wrk, so compare rows, not absolutes.   usage: bash bench/proxy.sh [seconds per run]
 set -euo pipefail
 cd "$(dirname "$0")/.."
+REL=${CARGO_TARGET_DIR:-target}/release   # a profiling build may live elsewhere
 DUR=${1:-10}
 for tool in wrk nginx; do
   command -v "$tool" >/dev/null || { [ "$(id -u)" = 0 ] && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk nginx-light >/dev/null; }
@@ -20,7 +21,7 @@ pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$T"; }
 trap cleanup EXIT
 
-target/release/examples/bench_upstream $UP $KEY >/dev/null & pids+=($!)
+$REL/examples/bench_upstream $UP $KEY >/dev/null & pids+=($!)
 
 cat > "$T/nginx.conf" <<CONF
 worker_processes 1; daemon off; pid $T/nginx.pid; error_log $T/nginx.err;
@@ -40,7 +41,7 @@ CONF
 nginx -c "$T/nginx.conf" -p "$T" & pids+=($!)
 
 export SCOPEGATE_DATA_DIR=$T/data SCOPEGATE_PASSPHRASE=bench-passphrase-not-secret
-SG=target/release/scopegate
+SG=$REL/scopegate
 $SG init --kdf-memory-kib 19456 --kdf-iterations 2 --kdf-parallelism 1 >/dev/null
 cat > "$T/data/scopegate.toml" <<CONF
 listen = "127.0.0.1:$GW"
@@ -59,7 +60,7 @@ echo -n $KEY | $SG apikey set bench --user bench >/dev/null
 TOKEN=$($SG agent add wrk --user bench 2>/dev/null)
 sleep 0.5
 NGINX_WORKER=$(pgrep -P "$(cat "$T/nginx.pid")" | head -1)
-SG_PID=$(pgrep -f "target/release/scopegate serve" | head -1)
+SG_PID=$(pgrep -f "$SG serve" | head -1)
 
 cat > "$T/post.lua" <<'LUA'
 wrk.method = "POST"

@@ -8,6 +8,7 @@
 #   usage: bash bench/rss.sh [N ...]     (default: 1000 1000000; 1M takes a few minutes and ~10 GB)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+REL=${CARGO_TARGET_DIR:-target}/release   # a profiling build may live elsewhere
 NS=("$@"); [ ${#NS[@]} -eq 0 ] && NS=(1000 1000000)
 cargo build --release --locked --bin scopegate --example bench_upstream --example seed_connections 2>&1 | tail -1
 T=$(mktemp -d); chmod 700 "$T"
@@ -16,9 +17,9 @@ UP=19711; GW=19713
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$T"; }
 trap cleanup EXIT
-target/release/examples/bench_upstream $UP $KEY >/dev/null & pids+=($!)
+$REL/examples/bench_upstream $UP $KEY >/dev/null & pids+=($!)
 export SCOPEGATE_PASSPHRASE=bench-passphrase-not-secret
-SG=target/release/scopegate
+SG=$REL/scopegate
 rss() { awk '/VmRSS/ {printf "%.1f", $2/1024}' "/proc/$1/status"; }
 cat > "$T/post.lua" <<'LUA'
 wrk.method = "POST"
@@ -33,7 +34,7 @@ for N in "${NS[@]}"; do
   $SG init --kdf-memory-kib 19456 --kdf-iterations 2 --kdf-parallelism 1 >/dev/null
   printf 'listen = "127.0.0.1:%s"\n[services.bench]\nkind = "api_key"\nmcp_url = "http://127.0.0.1:%s/mcp"\nheader = "X-API-Key"\n' $GW $UP > "$SCOPEGATE_DATA_DIR/scopegate.toml"
   s0=$(date +%s.%N)
-  target/release/examples/seed_connections "$SCOPEGATE_DATA_DIR" bench "$N" "$KEY" 2>/dev/null
+  $REL/examples/seed_connections "$SCOPEGATE_DATA_DIR" bench "$N" "$KEY" 2>/dev/null
   s1=$(date +%s.%N)
   RUST_LOG=warn $SG serve > "$T/sg-$N.out" 2>&1 & sg=$!; pids+=($sg)
   for _ in $(seq 6000); do grep -q "scopegate: ready" "$T/sg-$N.out" 2>/dev/null && break; sleep 0.05; done

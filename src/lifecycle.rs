@@ -785,9 +785,9 @@ impl Refresher {
         }
     }
 
+    /// The store no longer points at `record`: removed with the next vault commit.
     async fn delete_record(&self, record: String) {
-        let g = self.gateway.clone();
-        let _ = tokio::task::spawn_blocking(move || g.vault.delete_record(&record)).await;
+        self.committer.retire(record).await;
     }
 }
 

@@ -134,29 +134,27 @@ struct Credential {
 const MAX_CACHED_CREDENTIALS: usize = 100_000;
 
 /// Credentials by (user id, service), each tagged with the store's connections generation
-/// when it was read: any connection write (refresh, revoke, re-key) makes every older copy
-/// unusable before the writer returns, so a revoked token is never served from memory.
+/// when it was read: a write to that connection (refresh, revoke, re-key) makes older copies
+/// unusable before the writer returns, so a revoked token is never served from memory, while
+/// writes to other connections (a refresh storm) leave it usable.
 #[derive(Default)]
 struct CredentialCache {
     inner: Mutex<HashMap<(String, String), (u64, Credential)>>,
 }
 
 impl CredentialCache {
-    fn get(&self, key: &(String, String), generation: u64) -> Option<Credential> {
+    fn get(&self, store: &crate::store::Store, key: &(String, String)) -> Option<Credential> {
         let m = self.inner.lock().ok()?;
-        match m.get(key) {
-            Some((g, c)) if *g == generation => Some(c.clone()),
-            _ => None,
-        }
+        let (loaded_at, c) = m.get(key)?;
+        store
+            .connection_unchanged_since(&key.0, &key.1, *loaded_at)
+            .then(|| c.clone())
     }
 
     fn put(&self, key: (String, String), generation: u64, c: Credential) {
         if let Ok(mut m) = self.inner.lock() {
             if m.len() >= MAX_CACHED_CREDENTIALS {
-                m.retain(|_, (g, _)| *g == generation);
-                if m.len() >= MAX_CACHED_CREDENTIALS {
-                    m.clear();
-                }
+                m.clear();
             }
             m.insert(key, (generation, c));
         }
@@ -264,7 +262,7 @@ impl Proxy {
         let key = (p.user.id.clone(), service.to_owned());
         // Read before the store, so a write that lands after our read makes the copy stale.
         let generation = self.gateway.store.connections_generation();
-        if let Some(c) = self.credentials.get(&key, generation) {
+        if let Some(c) = self.credentials.get(&self.gateway.store, &key) {
             return Some(c);
         }
         let g = self.gateway.clone();

@@ -104,11 +104,51 @@ pub struct Store {
     /// Bumped after every write that touched a connection, so in-memory copies of
     /// connections and their credentials know they may be stale (the proxy's cache).
     connections_generation: AtomicU64,
+    /// The generation at which each (user, service) connection was last written, so a copy
+    /// of one connection stays usable while others change (a refresh storm writes hundreds
+    /// of connections a second).
+    written: std::sync::Mutex<WrittenAt>,
     /// Told of every committed connection write (the refresh scheduler).
     observer: std::sync::OnceLock<ConnectionObserver>,
 }
 
 pub type ConnectionObserver = Box<dyn Fn(&[Connection]) + Send + Sync>;
+
+/// Last-write generations by user and service, bounded: past the cap it forgets them all and
+/// treats every connection as written at the generation it forgot them (all copies stale).
+#[derive(Default)]
+struct WrittenAt {
+    by_user: std::collections::HashMap<String, std::collections::HashMap<String, u64>>,
+    len: usize,
+    floor: u64,
+}
+
+const MAX_WRITTEN_AT: usize = 1 << 20;
+
+impl WrittenAt {
+    fn record(&mut self, changed: &[Connection], generation: u64) {
+        if self.len + changed.len() > MAX_WRITTEN_AT {
+            self.by_user.clear();
+            self.len = 0;
+            self.floor = generation;
+            return;
+        }
+        for c in changed {
+            let services = self.by_user.entry(c.user_id.clone()).or_default();
+            if services.insert(c.service.clone(), generation).is_none() {
+                self.len += 1;
+            }
+        }
+    }
+
+    fn at(&self, user: &str, service: &str) -> u64 {
+        self.by_user
+            .get(user)
+            .and_then(|s| s.get(service))
+            .copied()
+            .unwrap_or(self.floor)
+    }
+}
 
 impl Store {
     /// Creates the store, paired with its vault, with the genesis audit entry.
@@ -123,6 +163,7 @@ impl Store {
             audit_fault: AtomicBool::new(false),
             head_key,
             connections_generation: AtomicU64::new(0),
+            written: std::sync::Mutex::new(WrittenAt::default()),
             observer: std::sync::OnceLock::new(),
         };
         {
@@ -158,6 +199,7 @@ impl Store {
             audit_fault: AtomicBool::new(false),
             head_key,
             connections_generation: AtomicU64::new(0),
+            written: std::sync::Mutex::new(WrittenAt::default()),
             observer: std::sync::OnceLock::new(),
         };
         let txn = begin_durable(&store.db)?;
@@ -211,7 +253,12 @@ impl Store {
         // After the commit (or its failure), never before: a reader that saw the old
         // generation read the store before this point and its copy is now marked stale.
         if !changed.is_empty() {
-            self.connections_generation.fetch_add(1, Ordering::SeqCst);
+            // Under the lock, so a reader's check sees the bump and the per-connection mark
+            // together; both land before this write returns.
+            let mut w = self.written.lock().unwrap_or_else(|e| e.into_inner());
+            let g = self.connections_generation.fetch_add(1, Ordering::SeqCst) + 1;
+            w.record(&changed, g);
+            drop(w);
             if !matches!(result, Err(ref e) if !matches!(e, StoreError::CommitUncertain(_)))
                 && let Some(observe) = self.observer.get()
             {
@@ -230,6 +277,14 @@ impl Store {
     /// is current while the generation is unchanged.
     pub fn connections_generation(&self) -> u64 {
         self.connections_generation.load(Ordering::SeqCst)
+    }
+
+    /// Whether a copy of `user`'s connection for `service`, read after loading generation
+    /// `loaded_at` (see `connections_generation`), is still current: no write to that
+    /// connection has committed since.
+    pub fn connection_unchanged_since(&self, user: &str, service: &str, loaded_at: u64) -> bool {
+        let w = self.written.lock().unwrap_or_else(|e| e.into_inner());
+        w.at(user, service) <= loaded_at
     }
 
     /// As `write`, but the closure may find nothing to do and return `None`: the transaction is
@@ -859,6 +914,30 @@ mod tests {
         put(conn("c1", "u1", ConnectionStatus::Active, Some("secret/a")));
         put(conn("c2", "u2", ConnectionStatus::Active, Some("secret/b")));
         assert!(store.connections_generation() > g0);
+        // A copy is current until its own connection is written, whatever else changes.
+        let svc = conn("c1", "u1", ConnectionStatus::Active, None).service;
+        let loaded = store.connections_generation();
+        assert!(!store.connection_unchanged_since("u1", &svc, g0));
+        assert!(store.connection_unchanged_since("u1", &svc, loaded));
+        put(conn(
+            "c2",
+            "u2",
+            ConnectionStatus::Active,
+            Some("secret/b2"),
+        ));
+        assert!(store.connection_unchanged_since("u1", &svc, loaded));
+        assert!(!store.connection_unchanged_since("u2", &svc, loaded));
+        put(conn(
+            "c1",
+            "u1",
+            ConnectionStatus::Active,
+            Some("secret/a2"),
+        ));
+        assert!(!store.connection_unchanged_since("u1", &svc, loaded));
+        assert!(
+            store.connection_unchanged_since("u9", &svc, loaded),
+            "never written"
+        );
         // Rotation: c1 moves to a new record; revocation: c2 drops its record.
         put(conn("c1", "u1", ConnectionStatus::Active, Some("secret/c")));
         put(conn(

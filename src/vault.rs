@@ -219,9 +219,22 @@ impl Vault {
 
     /// Seals and stores many values in one durable commit (one fsync for the batch).
     pub fn put_many(&self, items: &[(&str, &str, &[u8])]) -> Result<(), VaultError> {
+        self.put_and_delete(items, &[])
+    }
+
+    /// Seals `items` and removes every field of the records in `delete`, in one durable
+    /// commit (the token lifecycle's group commit).
+    pub fn put_and_delete(
+        &self,
+        items: &[(&str, &str, &[u8])],
+        delete: &[String],
+    ) -> Result<(), VaultError> {
         let txn = begin_durable(&self.db)?;
         {
             let mut t = txn.open_table(SECRETS).map_err(storage)?;
+            for record in delete {
+                remove_fields(&mut t, record)?;
+            }
             for (record, field, plaintext) in items {
                 let sealed = seal::seal(&self.cipher, &location(record, field), plaintext);
                 t.insert((*record, *field), sealed.as_slice())
@@ -253,19 +266,7 @@ impl Vault {
         let removed;
         {
             let mut t = txn.open_table(SECRETS).map_err(storage)?;
-            let fields: Vec<String> = t
-                .range((record, "")..)
-                .map_err(storage)?
-                .map_while(|e| {
-                    let (k, _) = e.ok()?;
-                    let (r, f) = k.value();
-                    (r == record).then(|| f.to_owned())
-                })
-                .collect();
-            for f in &fields {
-                t.remove((record, f.as_str())).map_err(storage)?;
-            }
-            removed = !fields.is_empty();
+            removed = remove_fields(&mut t, record)?;
         }
         txn.commit().map_err(storage)?;
         Ok(removed)
@@ -431,4 +432,24 @@ impl Vault {
         }
         Ok(out)
     }
+}
+
+/// Removes every field of `record` in an open transaction; whether any existed.
+fn remove_fields(
+    t: &mut redb::Table<'_, (&'static str, &'static str), &'static [u8]>,
+    record: &str,
+) -> Result<bool, VaultError> {
+    let fields: Vec<String> = t
+        .range((record, "")..)
+        .map_err(storage)?
+        .map_while(|e| {
+            let (k, _) = e.ok()?;
+            let (r, f) = k.value();
+            (r == record).then(|| f.to_owned())
+        })
+        .collect();
+    for f in &fields {
+        t.remove((record, f.as_str())).map_err(storage)?;
+    }
+    Ok(!fields.is_empty())
 }

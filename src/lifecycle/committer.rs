@@ -2,7 +2,9 @@
 //! refreshes would be bounded by fsyncs if each marker and each result had its own. Callers
 //! send a job and wait for its outcome; one task gathers whatever has arrived, seals every
 //! job's values in one vault commit, then applies every job in one store commit, and only then
-//! answers each caller: each still waits until its own rotation is durable (I16).
+//! answers each caller: each still waits until its own rotation is durable (I16). Records
+//! the store no longer points at are retired into the next vault commit rather than deleted
+//! one fsync each (a crash before that leaves orphans, which start-up reconciliation removes).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -38,26 +40,42 @@ pub enum CommitError {
     Uncertain(String),
 }
 
+enum Msg {
+    Job(Job, oneshot::Sender<Result<(), CommitError>>),
+    /// A vault record nothing points at any more (decided after a completed store commit).
+    Retire(String),
+}
+
 #[derive(Clone)]
 pub struct Committer {
-    tx: mpsc::Sender<(Job, oneshot::Sender<Result<(), CommitError>>)>,
+    tx: mpsc::Sender<Msg>,
     /// Store commits made (each carrying one batch), for /metrics.
     pub commits: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Committer {
     pub fn start(gateway: Arc<Gateway>) -> Self {
-        let (tx, mut rx) = mpsc::channel::<(Job, oneshot::Sender<Result<(), CommitError>>)>(QUEUE);
+        let (tx, mut rx) = mpsc::channel::<Msg>(QUEUE);
         let commits = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let counter = commits.clone();
         tokio::spawn(async move {
             while let Some(first) = rx.recv().await {
-                let jobs = gather(&mut rx, first, BATCH, GATHER).await;
-                counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let batch = gather(&mut rx, first, BATCH, GATHER).await;
+                let mut jobs = Vec::new();
+                let mut retired = Vec::new();
+                for m in batch {
+                    match m {
+                        Msg::Job(j, w) => jobs.push((j, w)),
+                        Msg::Retire(r) => retired.push(r),
+                    }
+                }
+                if !jobs.is_empty() {
+                    counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
                 let g = gateway.clone();
                 let outcome = tokio::task::spawn_blocking(move || {
                     let (jobs, waiters): (Vec<Job>, Vec<_>) = jobs.into_iter().unzip();
-                    let result = commit(&g, jobs);
+                    let result = commit(&g, jobs, &retired);
                     (result, waiters)
                 })
                 .await;
@@ -76,11 +94,17 @@ impl Committer {
         Self { tx, commits }
     }
 
+    /// Retires a vault record the store no longer points at: removed with the next vault
+    /// commit. Best effort; an orphan left by a crash is removed at start-up.
+    pub async fn retire(&self, record: String) {
+        let _ = self.tx.send(Msg::Retire(record)).await;
+    }
+
     /// Sends `job` and waits until it is durable (or has failed).
     pub async fn commit(&self, job: Job) -> Result<(), CommitError> {
         let (tx, rx) = oneshot::channel();
         self.tx
-            .send((job, tx))
+            .send(Msg::Job(job, tx))
             .await
             .map_err(|_| CommitError::Failed("the committer has stopped".into()))?;
         rx.await
@@ -109,7 +133,7 @@ pub(crate) async fn gather<T>(
     batch
 }
 
-fn commit(g: &Gateway, jobs: Vec<Job>) -> Result<(), CommitError> {
+fn commit(g: &Gateway, jobs: Vec<Job>, retired: &[String]) -> Result<(), CommitError> {
     let seal: Vec<(&str, &str, &[u8])> = jobs
         .iter()
         .flat_map(|j| {
@@ -118,12 +142,15 @@ fn commit(g: &Gateway, jobs: Vec<Job>) -> Result<(), CommitError> {
                 .map(|(r, f, v)| (r.as_str(), *f, v.expose_secret()))
         })
         .collect();
-    if !seal.is_empty() {
+    if !seal.is_empty() || !retired.is_empty() {
         g.vault
-            .put_many(&seal)
+            .put_and_delete(&seal, retired)
             .map_err(|e| CommitError::Failed(e.to_string()))?;
     }
     let n = jobs.len();
+    if n == 0 {
+        return Ok(());
+    }
     g.store
         .write(|t| {
             for j in jobs {
