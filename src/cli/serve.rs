@@ -171,6 +171,8 @@ fn run(
     // on its own runtime whose threads have a lower CPU priority: when 100 000 tokens fall due
     // at once, agents' calls keep the CPU they need and the storm takes the rest.
     let lifecycle = tokio::runtime::Builder::new_multi_thread()
+        // One worker: the lifecycle waits on commits and the network far more than it computes.
+        .worker_threads(1)
         .thread_name("scopegate-lifecycle")
         .on_thread_start(lower_thread_priority)
         .enable_all()
@@ -186,9 +188,8 @@ fn run(
     result
 }
 
-/// Nice 10 for the calling thread (on Linux, nice is per thread): the scheduler gives it
-/// about a tenth of the share of a normal thread when the CPU is contended, and all it wants
-/// otherwise.
+/// Nice 19 for the calling thread (on Linux, nice is per thread): when the CPU is contended
+/// the kernel gives it about 1.5% of a normal thread's share, and all it wants otherwise.
 fn lower_thread_priority() {
     let tid = rustix::thread::gettid();
     if let Err(e) = rustix::process::setpriority_process(Some(tid), LIFECYCLE_NICE) {
@@ -196,7 +197,7 @@ fn lower_thread_priority() {
     }
 }
 
-const LIFECYCLE_NICE: i32 = 10;
+const LIFECYCLE_NICE: i32 = 19;
 
 async fn run_async(
     dir: DataDir,
