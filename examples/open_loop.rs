@@ -66,7 +66,11 @@ async fn main() {
     }
     let elapsed = start.elapsed().as_secs_f64();
     lat.sort_unstable();
-    let pct = |p: f64| lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1))).copied().unwrap_or(0);
+    let pct = |p: f64| {
+        lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or(0)
+    };
     println!(
         "sent {} ok {ok} rps {:.0} p50_us {} p99_us {} max_us {}",
         lat.len(),
