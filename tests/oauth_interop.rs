@@ -51,14 +51,7 @@ impl Op {
             .spawn()
             .unwrap();
         let op = Op { child, port, log };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !std::fs::read_to_string(&op.log)
-            .unwrap_or_default()
-            .contains("ready")
-        {
-            assert!(Instant::now() < deadline, "oidc-provider did not start");
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        harness::wait_until_ready(&op.log, "oidc-provider", Duration::from_secs(20));
         op
     }
 
@@ -831,14 +824,7 @@ impl DpopUpstream {
             .stderr(std::fs::File::create(dir.path().join("dpop-upstream.err")).unwrap())
             .spawn()
             .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !std::fs::read_to_string(&log)
-            .unwrap_or_default()
-            .contains("ready")
-        {
-            assert!(Instant::now() < deadline, "the DPoP upstream did not start");
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        harness::wait_until_ready(&log, "the DPoP upstream", Duration::from_secs(30));
         Self {
             child,
             port,

@@ -40,14 +40,7 @@ impl Op {
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !std::fs::read_to_string(&log)
-            .unwrap_or_default()
-            .contains("ready")
-        {
-            assert!(Instant::now() < deadline, "oidc-provider did not start");
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        harness::wait_until_ready(&log, "oidc-provider", Duration::from_secs(20));
         Op { child, port }
     }
 

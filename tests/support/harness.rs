@@ -36,6 +36,19 @@ pub fn bin() -> String {
         .unwrap_or_else(|_| env!("CARGO_BIN_EXE_scopegate").to_owned())
 }
 
+/// Waits until a peer's log says `ready` (bounded by `limit`); panics naming `what` if not.
+#[allow(dead_code)]
+pub fn wait_until_ready(log: &std::path::Path, what: &str, limit: std::time::Duration) {
+    let deadline = std::time::Instant::now() + limit;
+    while !std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .contains("ready")
+    {
+        assert!(std::time::Instant::now() < deadline, "{what} did not start");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
 /// A data folder made by `scopegate init`, plus a folder for logs outside it.
 pub struct Instance {
     pub tmp: tempfile::TempDir,
