@@ -901,7 +901,7 @@ async fn proactive_refresh_keeps_a_steady_load_free_of_401s() {
     // The scheduler comes first: agents rarely (ideally never) wait for a refresh themselves.
     let on_demand = audit_entries(&s, "oauth.refresh", "ok").len() - refreshed.len();
     assert!(
-        on_demand <= refreshed.len() / 4,
+        on_demand <= 1 + refreshed.len() / 4,
         "{on_demand} refreshes were made by agent calls, {} by the scheduler",
         refreshed.len()
     );
@@ -1449,7 +1449,13 @@ async fn dpop_binds_tokens_to_a_key_and_answers_nonce_challenges() {
     assert_eq!(st, 502, "{body}");
     assert!(body.contains("DPoP proof"), "{body}");
     assert_eq!(up_stats().await["requests"].as_u64().unwrap(), requests + 2);
-    assert_eq!(op.stat("token_requests").await, token_requests);
+    // No refresh because of it (a refresh due by the token's age is another matter).
+    let after_401 = audit_entries(&s, "oauth.refresh", "ok")
+        .into_iter()
+        .filter(|e| e["details"]["trigger"] == "after_401")
+        .count();
+    assert_eq!(after_401, 0, "a nonce challenge forced a refresh");
+    assert!(op.stat("token_requests").await <= token_requests + 1);
     assert_eq!(s.connections()[0]["strikes"], 0);
 
     // Never Bearer, and every proof verified.
