@@ -283,27 +283,29 @@ impl Refresher {
             let mut m = self.flights.lock().map_err(internal)?;
             m.entry(conn_id.to_owned()).or_default().clone()
         };
-        let (me, id, f2) = (self.clone(), conn_id.to_owned(), flight.clone());
+        let (me, id) = (self.clone(), conn_id.to_owned());
         let seen: Option<Option<String>> = match trigger {
             Trigger::Stale(r) => Some(r.map(str::to_owned)),
             Trigger::Due => None,
         };
         let task = tokio::spawn(async move {
-            let _turn = f2.lock().await;
+            let turn = flight.lock().await;
             let trigger = match &seen {
                 Some(r) => Trigger::Stale(r.as_deref()),
                 None => Trigger::Due,
             };
-            me.run_alone(&id, trigger, why).await
+            let result = me.run_alone(&id, trigger, why).await;
+            drop(turn);
+            // The map keeps only flights someone is in or waiting for (the map's reference and
+            // this task's are the last two); done here, so a caller that hung up leaves none.
+            if let Ok(mut m) = me.flights.lock()
+                && m.get(&id).is_some_and(|f| Arc::strong_count(f) <= 2)
+            {
+                m.remove(&id);
+            }
+            result
         });
-        let result = task.await.unwrap_or_else(|e| Err(internal(e)));
-        // The map keeps only flights someone is in or waiting for.
-        if let Ok(mut m) = self.flights.lock()
-            && m.get(conn_id).is_some_and(|f| Arc::strong_count(f) <= 2)
-        {
-            m.remove(conn_id);
-        }
-        result
+        task.await.unwrap_or_else(|e| Err(internal(e)))
     }
 
     async fn run_alone(
@@ -730,8 +732,7 @@ impl Refresher {
             Some(jkt) => jkt,
             None => key
                 .as_ref()
-                .and_then(|k| crate::oauth::dpop::DpopKey::from_pkcs8(k.expose_secret()).ok())
-                .map(|k| k.thumbprint().to_owned())
+                .and_then(|k| crate::oauth::dpop::thumbprint_of(k.expose_secret()).ok())
                 .or_else(|| key.as_ref().map(|_| String::new())),
         };
         let fp = self.gateway.vault.fingerprint(access.expose_secret());
@@ -977,6 +978,9 @@ impl Scheduler {
                     if let Err(e) = r.refresh_due(&id).await {
                         tracing::debug!(connection = %id, error = %e, "scheduled refresh failed");
                     }
+                    // The next connection may go while this one is put back in the schedule.
+                    drop(_p);
+                    drop(_overall);
                     me.retrack(&id).await;
                 });
             }

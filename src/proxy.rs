@@ -345,13 +345,13 @@ impl Proxy {
                     )
                     .map_err(|_| StatusCode::INTERNAL_SERVER_ERROR)?;
                 let value = zeroize::Zeroizing::new(format!("DPoP {}", cred.as_str()));
-                req.header(header::AUTHORIZATION, value.as_str())
+                req.header(header::AUTHORIZATION, sensitive(&value)?)
                     .header("dpop", proof)
             }
             (ServiceKind::ApiKey { header, .. }, None)
                 if !header.eq_ignore_ascii_case("authorization") =>
             {
-                req.header(header.as_str(), cred.as_str())
+                req.header(header.as_str(), sensitive(&cred)?)
             }
             _ => req.bearer_auth(cred.as_str()),
         };
@@ -365,6 +365,14 @@ impl Proxy {
             Ok(Ok(r)) => Ok(r),
         }
     }
+}
+
+/// A credential header value marked sensitive, as `bearer_auth` marks its own: never shown
+/// when a request is printed for debugging.
+fn sensitive(v: &str) -> Result<HeaderValue, StatusCode> {
+    let mut h = HeaderValue::from_str(v).map_err(|_| StatusCode::BAD_GATEWAY)?;
+    h.set_sensitive(true);
+    Ok(h)
 }
 
 fn json_response(status: StatusCode, body: Vec<u8>) -> Response {
@@ -612,9 +620,7 @@ pub async fn handle(
                 continue;
             }
             // A proof problem is not the token's: a refresh would not help.
-            if crate::oauth::dpop::resource_error(status, resp.headers(), "use_dpop_nonce")
-                || crate::oauth::dpop::resource_error(status, resp.headers(), "invalid_dpop_proof")
-            {
+            if crate::oauth::dpop::proof_rejected(status, resp.headers()) {
                 break resp;
             }
         }
@@ -663,9 +669,7 @@ pub async fn handle(
     if status == reqwest::StatusCode::UNAUTHORIZED {
         // Still refused after the one refresh (and, with DPoP, the one nonce retry). Upstream's
         // own WWW-Authenticate is not the agent's business; say what to do.
-        let text = if cred.dpop.is_some()
-            && (crate::oauth::dpop::resource_error(401, resp.headers(), "use_dpop_nonce")
-                || crate::oauth::dpop::resource_error(401, resp.headers(), "invalid_dpop_proof"))
+        let text = if cred.dpop.is_some() && crate::oauth::dpop::proof_rejected(401, resp.headers())
         {
             format!("{service} did not accept the gateway's DPoP proof; try again later")
         } else {

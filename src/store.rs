@@ -114,37 +114,41 @@ pub struct Store {
 
 pub type ConnectionObserver = Box<dyn Fn(&[Connection]) + Send + Sync>;
 
-/// Last-write generations by user and service, bounded: past the cap it forgets them all and
-/// treats every connection as written at the generation it forgot them (all copies stale).
+/// Last-write generations by a hash of (user, service): 16 bytes an entry, no strings. Two
+/// connections sharing a hash only make each other's copies stale early, which is safe.
+/// Bounded: past the cap it forgets them all and treats every connection as written at the
+/// generation it forgot them (all copies stale).
 #[derive(Default)]
 struct WrittenAt {
-    by_user: std::collections::HashMap<String, std::collections::HashMap<String, u64>>,
-    len: usize,
+    by_key: std::collections::HashMap<u64, u64>,
     floor: u64,
 }
 
-const MAX_WRITTEN_AT: usize = 1 << 20;
+const MAX_WRITTEN_AT: usize = 1 << 18;
+
+fn written_key(user: &str, service: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::hash::DefaultHasher::new();
+    (user, service).hash(&mut h);
+    h.finish()
+}
 
 impl WrittenAt {
     fn record(&mut self, changed: &[Connection], generation: u64) {
-        if self.len + changed.len() > MAX_WRITTEN_AT {
-            self.by_user.clear();
-            self.len = 0;
+        if self.by_key.len() + changed.len() > MAX_WRITTEN_AT {
+            self.by_key.clear();
             self.floor = generation;
             return;
         }
         for c in changed {
-            let services = self.by_user.entry(c.user_id.clone()).or_default();
-            if services.insert(c.service.clone(), generation).is_none() {
-                self.len += 1;
-            }
+            self.by_key
+                .insert(written_key(&c.user_id, &c.service), generation);
         }
     }
 
     fn at(&self, user: &str, service: &str) -> u64 {
-        self.by_user
-            .get(user)
-            .and_then(|s| s.get(service))
+        self.by_key
+            .get(&written_key(user, service))
             .copied()
             .unwrap_or(self.floor)
     }

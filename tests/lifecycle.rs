@@ -10,16 +10,13 @@ mod provider_account;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use scopegate::config::Config;
 use scopegate::gateway::Gateway;
 use scopegate::lifecycle::Refresher;
 use scopegate::lifecycle::schedule::SystemClock;
 use scopegate::oauth::client::OAuthClient;
 use scopegate::oauth::dpop::DpopKey;
 use scopegate::oauth::token::{TokenResponse, TokenType};
-use scopegate::secret::{AccessToken, Passphrase, RefreshToken};
-use scopegate::store::{PendingAuthorization, Store};
-use scopegate::vault::{KdfParams, Vault};
+use scopegate::secret::{AccessToken, RefreshToken};
 
 /// Answers token requests with DPoP-bound tokens; on the first one it makes the store's next
 /// commit fail before answering, as a crash between the vault's commit and the store's would.
@@ -63,28 +60,12 @@ async fn an_adopted_dpop_answer_keeps_its_binding_and_is_not_requested_again() {
     let cell = Arc::new(std::sync::OnceLock::new());
     let (port, proven) = token_endpoint(cell.clone()).await;
     let t = tempfile::tempdir().unwrap();
-    let vault = Vault::create(
-        &t.path().join("secrets.redb"),
-        &Passphrase::new(b"pw for tests".to_vec()),
-        KdfParams::FLOOR,
-    )
-    .unwrap();
-    let store = Store::create(
-        &t.path().join("scopegate.redb"),
-        vault.pairing_id(),
-        vault.audit_head_key(),
-    )
-    .unwrap();
     let config = format!(
         "[providers.stub]\nauthorization_endpoint = \"http://127.0.0.1:{port}/authorize\"\n\
          token_endpoint = \"http://127.0.0.1:{port}/token\"\nclient_id = \"c\"\ndpop = true\n\
          [services.files]\nprovider = \"stub\"\nmcp_url = \"http://127.0.0.1:9/mcp\"\nscopes = [\"a\"]\n"
     );
-    let g = Arc::new(Gateway::new(
-        Config::parse(&config, "t").unwrap(),
-        vault,
-        store,
-    ));
+    let g = Arc::new(provider_account::gateway(t.path(), &config));
     assert!(cell.set(g.clone()).is_ok());
 
     // Connected with a key whose proof the server ignored: Bearer tokens, not bound.
@@ -94,18 +75,7 @@ async fn an_adopted_dpop_answer_keeps_its_binding_and_is_not_requested_again() {
         .unwrap()
         .thumbprint()
         .to_owned();
-    let pending = PendingAuthorization {
-        state_hash: "h".into(),
-        user_id: user.id.clone(),
-        service: "files".into(),
-        browser_session_hash: "s".into(),
-        verifier_record: "pending/x".into(),
-        issuer: None,
-        iss_required: false,
-        scopes: vec![],
-        redirect_uri: "http://127.0.0.1/cb".into(),
-        expires: time::OffsetDateTime::now_utc(),
-    };
+    let pending = provider_account::pending(&user.id, "files");
     let tokens = TokenResponse {
         access_token: AccessToken::new(b"first-access".to_vec()),
         token_type: TokenType::Bearer,
@@ -120,6 +90,7 @@ async fn an_adopted_dpop_answer_keeps_its_binding_and_is_not_requested_again() {
         .unwrap();
     assert_eq!(conn.dpop_jkt, None);
 
+    let read = |id: &str| g.store.read().unwrap().connection(id).unwrap().unwrap();
     let refresher = Arc::new(Refresher::new(
         g.clone(),
         Arc::new(OAuthClient::new()),
@@ -131,13 +102,7 @@ async fn an_adopted_dpop_answer_keeps_its_binding_and_is_not_requested_again() {
         .await;
     assert!(first.is_err(), "the store commit was made to fail");
     g.store.dangerous_inject_audit_failure(false);
-    let c = g
-        .store
-        .read()
-        .unwrap()
-        .connection(&conn.id)
-        .unwrap()
-        .unwrap();
+    let c = read(&conn.id);
     let sealed = c
         .refresh
         .pending_record
@@ -164,13 +129,7 @@ async fn an_adopted_dpop_answer_keeps_its_binding_and_is_not_requested_again() {
         1,
         "one token request, with a proof"
     );
-    let c = g
-        .store
-        .read()
-        .unwrap()
-        .connection(&conn.id)
-        .unwrap()
-        .unwrap();
+    let c = read(&conn.id);
     assert_eq!(c.secret_record.as_deref(), Some(sealed.as_str()));
     assert_eq!(
         c.dpop_jkt.as_deref(),

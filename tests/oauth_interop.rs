@@ -1347,23 +1347,7 @@ async fn dpop_binds_tokens_to_a_key_and_answers_nonce_challenges() {
         .ok(&["agent", "add", "dpop-agent", "--user", "alice"], b"")
         .trim()
         .to_owned();
-    let http = reqwest::Client::new();
-    let call = async |id: u64| -> (u16, String) {
-        let r = http
-            .post(format!("{}/mcp/files", s.base))
-            .bearer_auth(&token)
-            .header("content-type", "application/json")
-            .header("accept", "application/json, text/event-stream")
-            .header("mcp-protocol-version", "2025-11-25")
-            .body(
-                serde_json::json!({"jsonrpc":"2.0","id":id,"method":"tools/call","params":{"name":"whoami","arguments":{}}})
-                    .to_string(),
-            )
-            .send()
-            .await
-            .unwrap();
-        (r.status().as_u16(), r.text().await.unwrap())
-    };
+    let call = async |id: u64| whoami(&s, &token, id).await;
     let whoami_ok = |(st, body): &(u16, String)| {
         assert_eq!(*st, 200, "{body}");
         assert!(body.contains("alice"), "{body}");

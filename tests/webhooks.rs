@@ -11,11 +11,8 @@ use std::sync::Arc;
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use provider_account::{Fixed, connect, hmac_hex, serve_fixed};
-use scopegate::config::Config;
 use scopegate::gateway::Gateway;
-use scopegate::secret::Passphrase;
-use scopegate::store::{ConnectionStatus, Store};
-use scopegate::vault::{KdfParams, Vault};
+use scopegate::store::ConnectionStatus;
 use tower::ServiceExt;
 
 const GITHUB_SECRET: &str = "gh-webhook-secret-for-tests";
@@ -40,20 +37,7 @@ fn fixture(extra: &str) -> Fixture {
          [services.chat]\nprovider = \"slack\"\nmcp_url = \"http://127.0.0.1:9/mcp\"\n{extra}",
         d = dir.display()
     );
-    let vault = Vault::create(
-        &dir.join("secrets.redb"),
-        &Passphrase::new(b"pw for tests".to_vec()),
-        KdfParams::FLOOR,
-    )
-    .unwrap();
-    let store = Store::create(
-        &dir.join("scopegate.redb"),
-        vault.pairing_id(),
-        vault.audit_head_key(),
-    )
-    .unwrap();
-    let g = Gateway::new(Config::parse(&config, "t").unwrap(), vault, store);
-    let g = Arc::new(g);
+    let g = Arc::new(provider_account::gateway(&dir, &config));
     Fixture {
         _t: t,
         app: scopegate::web::webhooks::routes_with(g.clone(), std::time::Duration::from_secs(2)),
@@ -75,6 +59,17 @@ fn snapshot(
         g.vault.records().unwrap(),
         r.audit_len().unwrap(),
     )
+}
+
+/// A Slack event signed with the right secret, sent now.
+async fn send_slack(f: &Fixture, body: &[u8]) -> (StatusCode, String) {
+    send(
+        f,
+        "/webhooks/slack",
+        &slack_headers(now(), body, SLACK_SECRET),
+        body,
+    )
+    .await
 }
 
 async fn send(
@@ -243,13 +238,7 @@ async fn slack_tokens_revoked_and_app_uninstalled_clean_up_the_named_accounts() 
         r#"{"type":"tokens_revoked","tokens":{"oauth":["U1"],"bot":[]}}"#,
         now(),
     );
-    let (st, _) = send(
-        &f,
-        "/webhooks/slack",
-        &slack_headers(now(), &body, SLACK_SECRET),
-        &body,
-    )
-    .await;
+    let (st, _) = send_slack(&f, &body).await;
     assert_eq!(st, StatusCode::OK);
     assert_eq!(status_of(&f.g, &alice.id), ConnectionStatus::NeedsReauth);
     for other in [&bob, &carol, &gh] {
@@ -267,13 +256,7 @@ async fn slack_tokens_revoked_and_app_uninstalled_clean_up_the_named_accounts() 
             .contains(alice.secret_record.as_ref().unwrap())
     );
     let body = slack_event("T1", r#"{"type":"app_uninstalled"}"#, now());
-    let (st, _) = send(
-        &f,
-        "/webhooks/slack",
-        &slack_headers(now(), &body, SLACK_SECRET),
-        &body,
-    )
-    .await;
+    let (st, _) = send_slack(&f, &body).await;
     assert_eq!(st, StatusCode::OK);
     assert_eq!(status_of(&f.g, &bob.id), ConnectionStatus::NeedsReauth);
     assert_eq!(status_of(&f.g, &carol.id), ConnectionStatus::Active);

@@ -250,8 +250,16 @@ async fn run_async(
         let scheduler = lifecycle.spawn(start).await??;
         tracing::info!(scheduled = scheduler.len(), "refresh scheduler started");
     }
-    {
-        // The API-key rotation policy: at start, then hourly.
+    if gateway.config.services.values().any(|s| {
+        matches!(
+            s.kind,
+            crate::config::ServiceKind::ApiKey {
+                rotate_after_days: Some(_),
+                ..
+            }
+        )
+    }) {
+        // The API-key rotation policy: at start, then hourly (only when a service sets one).
         let g = gateway.clone();
         let mut stop = rx.clone();
         tokio::spawn(async move {

@@ -198,15 +198,11 @@ impl Gateway {
         } else {
             None
         };
-        let dpop_jkt = match &dpop_key {
-            Some(k) => Some(
-                crate::oauth::dpop::DpopKey::from_pkcs8(k.expose_secret())
-                    .map_err(|e| GatewayError::Invalid(e.to_string()))?
-                    .thumbprint()
-                    .to_owned(),
-            ),
-            None => None,
-        };
+        let dpop_jkt = dpop_key
+            .as_ref()
+            .map(|k| crate::oauth::dpop::thumbprint_of(k.expose_secret()))
+            .transpose()
+            .map_err(|e| GatewayError::Invalid(e.to_string()))?;
         let mut items: Vec<(&str, &str, &[u8])> =
             vec![(&record, VERIFIER_FIELD, verifier.expose_secret())];
         if let Some(k) = &dpop_key {
@@ -455,12 +451,9 @@ pub fn bound_to(
         tokens.token_type == crate::oauth::token::TokenType::DPoP,
         dpop_key,
     ) {
-        (true, Some(k)) => Ok(Some(
-            crate::oauth::dpop::DpopKey::from_pkcs8(k.expose_secret())
-                .map_err(|e| GatewayError::Invalid(e.to_string()))?
-                .thumbprint()
-                .to_owned(),
-        )),
+        (true, Some(k)) => crate::oauth::dpop::thumbprint_of(k.expose_secret())
+            .map(Some)
+            .map_err(|e| GatewayError::Invalid(e.to_string())),
         // A DPoP token we hold no key for could never be used: refuse it rather than store it.
         (true, None) => Err(GatewayError::Invalid(
             "the provider issued a DPoP-bound token although no DPoP proof was sent".into(),

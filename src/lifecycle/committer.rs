@@ -3,8 +3,9 @@
 //! send a job and wait for its outcome; one task gathers whatever has arrived, seals every
 //! job's values in one vault commit, then applies every job in one store commit, and only then
 //! answers each caller: each still waits until its own rotation is durable (I16). Records
-//! the store no longer points at are retired into the next vault commit rather than deleted
-//! one fsync each (a crash before that leaves orphans, which start-up reconciliation removes).
+//! the store no longer points at are retired through the same queue, so a storm's deletions
+//! share its vault commits instead of one fsync each; a lone retirement gets a commit of its
+//! own. A crash before it leaves orphans, which start-up reconciliation removes.
 
 use std::sync::Arc;
 use std::time::Duration;

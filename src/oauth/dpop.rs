@@ -127,6 +127,11 @@ impl DpopKey {
     }
 }
 
+/// The RFC 7638 thumbprint of a sealed (PKCS#8) key.
+pub fn thumbprint_of(pkcs8: &[u8]) -> Result<String, DpopError> {
+    Ok(DpopKey::from_pkcs8(pkcs8)?.thumbprint)
+}
+
 fn jwk_json(x: &[u8], y: &[u8]) -> String {
     format!(
         r#"{{"crv":"P-256","kty":"EC","x":"{}","y":"{}"}}"#,
@@ -196,6 +201,13 @@ pub fn resource_error(status: u16, headers: &reqwest::header::HeaderMap, error: 
             .iter()
             .filter_map(|v| v.to_str().ok())
             .any(|v| v.to_ascii_lowercase().contains("dpop") && v.contains(&wanted))
+}
+
+/// The resource server refused the proof, not the token (a nonce challenge or a bad proof):
+/// a refresh would not help.
+pub fn proof_rejected(status: u16, headers: &reqwest::header::HeaderMap) -> bool {
+    resource_error(status, headers, "use_dpop_nonce")
+        || resource_error(status, headers, "invalid_dpop_proof")
 }
 
 /// A resource server's nonce challenge (RFC 9449 §9).

@@ -88,10 +88,10 @@ impl Webhooks {
         }
     }
 
-    async fn revoke(&self, ev: ProviderRevocation) -> Result<usize, ()> {
+    async fn revoke(&self, ev: ProviderRevocation) -> Result<(), ()> {
         let g = self.gateway.clone();
         match tokio::task::spawn_blocking(move || g.apply_revocation(&ev)).await {
-            Ok(Ok(o)) => Ok(o.cleaned.len()),
+            Ok(Ok(_)) => Ok(()),
             Ok(Err(e)) => {
                 tracing::error!(error = %e, "provider revocation could not be applied");
                 Err(())
@@ -165,7 +165,7 @@ async fn github_hook(State(w): State<Arc<Webhooks>>, h: HeaderMap, body: Bytes) 
         occurred: None,
     };
     match w.revoke(ev).await {
-        Ok(_) => text(StatusCode::OK, "ok\n"),
+        Ok(()) => text(StatusCode::OK, "ok\n"),
         Err(()) => {
             if let Some(k) = &key {
                 w.forget(k.as_bytes());
@@ -258,7 +258,7 @@ async fn slack_hook(State(w): State<Arc<Webhooks>>, h: HeaderMap, body: Bytes) -
         occurred: event_time.and_then(|t| time::OffsetDateTime::from_unix_timestamp(t).ok()),
     };
     match w.revoke(ev).await {
-        Ok(_) => text(StatusCode::OK, "ok\n"),
+        Ok(()) => text(StatusCode::OK, "ok\n"),
         Err(()) => {
             w.forget(key.as_bytes());
             text(StatusCode::INTERNAL_SERVER_ERROR, "internal error\n")

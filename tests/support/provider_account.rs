@@ -23,18 +23,7 @@ pub fn connect(
         Some(u) => u,
         None => g.user_add(user).unwrap(),
     };
-    let pending = PendingAuthorization {
-        state_hash: "h".into(),
-        user_id: u.id.clone(),
-        service: service.into(),
-        browser_session_hash: "s".into(),
-        verifier_record: "pending/x".into(),
-        issuer: None,
-        iss_required: false,
-        scopes: vec![],
-        redirect_uri: "http://127.0.0.1/cb".into(),
-        expires: time::OffsetDateTime::now_utc(),
-    };
+    let pending = pending(&u.id, service);
     let tokens = TokenResponse {
         access_token: AccessToken::new(format!("planted-access-{user}-{service}").into_bytes()),
         token_type: TokenType::Bearer,
@@ -48,6 +37,45 @@ pub fn connect(
     };
     g.finish_connect(&u, &pending, &tokens, vec![], None)
         .unwrap()
+}
+
+/// A pending authorization as the callback would have found it, for `finish_connect`.
+pub fn pending(user_id: &str, service: &str) -> PendingAuthorization {
+    PendingAuthorization {
+        state_hash: "h".into(),
+        user_id: user_id.into(),
+        service: service.into(),
+        browser_session_hash: "s".into(),
+        verifier_record: "pending/x".into(),
+        issuer: None,
+        iss_required: false,
+        scopes: vec![],
+        redirect_uri: "http://127.0.0.1/cb".into(),
+        expires: time::OffsetDateTime::now_utc(),
+    }
+}
+
+/// A gateway in-process on a fresh data folder in `dir` (vault at the KDF floor).
+pub fn gateway(dir: &std::path::Path, config: &str) -> Gateway {
+    use scopegate::secret::Passphrase;
+    use scopegate::vault::{KdfParams, Vault};
+    let vault = Vault::create(
+        &dir.join("secrets.redb"),
+        &Passphrase::new(b"pw for tests".to_vec()),
+        KdfParams::FLOOR,
+    )
+    .unwrap();
+    let store = scopegate::store::Store::create(
+        &dir.join("scopegate.redb"),
+        vault.pairing_id(),
+        vault.audit_head_key(),
+    )
+    .unwrap();
+    Gateway::new(
+        scopegate::config::Config::parse(config, "t").unwrap(),
+        vault,
+        store,
+    )
 }
 
 pub fn hmac_hex(key: &str, parts: &[&[u8]]) -> String {
