@@ -5,16 +5,17 @@
 
 pub mod audit_queue;
 pub mod jsonrpc;
+pub mod upstream;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use axum::body::Body;
-use axum::extract::{Path, State};
-use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
+use axum::body::{Body, Bytes};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, Request, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
-use futures_util::StreamExt;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
 use serde_json::{Value, json};
 
 use crate::config::ServiceKind;
@@ -161,10 +162,19 @@ impl CredentialCache {
     }
 }
 
+/// Where a service's calls go, parsed once at start rather than per call.
+struct Target {
+    uri: Uri,
+    /// An API-key service's own header (`None`: `Authorization`).
+    key_header: Option<HeaderName>,
+}
+
 pub struct Proxy {
     pub gateway: Arc<Gateway>,
     credentials: CredentialCache,
-    http: reqwest::Client,
+    http: upstream::Upstream,
+    targets: HashMap<String, Target>,
+    stream_idle: Duration,
     /// Upstream session id → (service, agent id) that opened it (I14).
     sessions: Mutex<Sessions>,
     pub audit: AuditQueue,
@@ -182,22 +192,37 @@ impl Proxy {
         audit: AuditQueue,
         refresher: Arc<crate::lifecycle::Refresher>,
     ) -> Self {
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        #[allow(clippy::expect_used)] // invariant: this builder configuration is static and valid.
-        let http = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .connect_timeout(Duration::from_secs(5))
-            .pool_idle_timeout(Duration::from_secs(60))
-            // A stream that sends nothing (not even a heartbeat) for this long is cut.
-            .read_timeout(Duration::from_secs(
-                gateway.config.limits.stream_idle_timeout_secs,
-            ))
-            .tcp_nodelay(true)
-            .build()
-            .expect("HTTP client");
+        #[allow(clippy::expect_used)] // the platform's roots load at start or nothing works.
+        let http = upstream::client().expect("TLS roots for the upstream client");
+        let targets = gateway
+            .config
+            .services
+            .iter()
+            .filter_map(|(name, svc)| {
+                let uri = match svc.mcp_url.as_str().parse::<Uri>() {
+                    Ok(u) => u,
+                    Err(e) => {
+                        tracing::error!(service = %name, error = %e, "mcp_url is not a usable URI");
+                        return None;
+                    }
+                };
+                let key_header = match &svc.kind {
+                    ServiceKind::ApiKey { header, .. }
+                        if !header.eq_ignore_ascii_case("authorization") =>
+                    {
+                        Some(HeaderName::from_bytes(header.as_bytes()).ok()?)
+                    }
+                    _ => None,
+                };
+                Some((name.clone(), Target { uri, key_header }))
+            })
+            .collect();
         let public = gateway.config.public_url.clone();
         Self {
             http,
+            targets,
+            // A stream that sends nothing (not even a heartbeat) for this long is cut.
+            stream_idle: Duration::from_secs(gateway.config.limits.stream_idle_timeout_secs),
             sessions: Mutex::new(Sessions::default()),
             audit,
             public_origin: public.origin().ascii_serialization(),
@@ -312,54 +337,61 @@ impl Proxy {
     }
 
     /// One upstream request: allow-listed headers, then the user's credential (I13).
+    #[allow(clippy::too_many_arguments)]
     async fn forward(
         &self,
         svc: &crate::config::Service,
+        target: &Target,
         method: &Method,
         headers: &HeaderMap,
-        body: &axum::body::Bytes,
+        body: &Bytes,
         stateless: bool,
         credential: &Credential,
-    ) -> Result<reqwest::Response, StatusCode> {
-        let mut req = self.http.request(method.clone(), svc.mcp_url.clone());
+    ) -> Result<hyper::Response<Incoming>, StatusCode> {
+        let body = if method == Method::POST {
+            body.clone()
+        } else {
+            Bytes::new()
+        };
+        let mut req = Request::new(Full::new(body));
+        *req.method_mut() = method.clone();
+        *req.uri_mut() = target.uri.clone();
+        let out = req.headers_mut();
         for (name, value) in headers {
             let n = name.as_str();
             // Mcp-Param-* mirror arguments the gateway does not check, so they stay here.
             if FORWARD_REQUEST.contains(&n) || (n == "mcp-session-id" && !stateless) {
-                req = req.header(name, value);
+                out.append(name.clone(), value.clone());
             }
         }
-        let cred = zeroize::Zeroizing::new(
-            String::from_utf8_lossy(credential.secret.expose_secret()).into_owned(),
-        );
-        req = match (&svc.kind, &credential.dpop) {
+        let secret = credential.secret.expose_secret();
+        match (&credential.dpop, &target.key_header) {
             // RFC 9449 §7.1: the DPoP scheme, with a proof bound to this request and token.
-            (_, Some(key)) => {
+            (Some(key), _) => {
                 let nonce = self.dpop_nonces.get(&svc.mcp_url);
                 let proof = key
                     .proof(
                         method.as_str(),
                         &svc.mcp_url,
                         nonce.as_deref(),
-                        Some(credential.secret.expose_secret()),
+                        Some(secret),
                     )
                     .map_err(|_| StatusCode::INTERNAL_SERVER_ERROR)?;
-                let value = zeroize::Zeroizing::new(format!("DPoP {}", cred.as_str()));
-                req.header(header::AUTHORIZATION, sensitive(&value)?)
-                    .header("dpop", proof)
+                out.insert(header::AUTHORIZATION, sensitive(b"DPoP ", secret)?);
+                out.insert(
+                    HeaderName::from_static("dpop"),
+                    HeaderValue::from_str(&proof).map_err(|_| StatusCode::INTERNAL_SERVER_ERROR)?,
+                );
             }
-            (ServiceKind::ApiKey { header, .. }, None)
-                if !header.eq_ignore_ascii_case("authorization") =>
-            {
-                req.header(header.as_str(), sensitive(&cred)?)
+            (None, Some(name)) => {
+                out.insert(name.clone(), sensitive(b"", secret)?);
             }
-            _ => req.bearer_auth(cred.as_str()),
-        };
-        if method == Method::POST {
-            req = req.body(body.clone());
+            (None, None) => {
+                out.insert(header::AUTHORIZATION, sensitive(b"Bearer ", secret)?);
+            }
         }
         // Only the start of the answer is timed: a live SSE stream is never cut.
-        match tokio::time::timeout(self.response_start_timeout, req.send()).await {
+        match tokio::time::timeout(self.response_start_timeout, self.http.request(req)).await {
             Err(_) => Err(StatusCode::GATEWAY_TIMEOUT),
             Ok(Err(_)) => Err(StatusCode::BAD_GATEWAY),
             Ok(Ok(r)) => Ok(r),
@@ -367,10 +399,13 @@ impl Proxy {
     }
 }
 
-/// A credential header value marked sensitive, as `bearer_auth` marks its own: never shown
-/// when a request is printed for debugging.
-fn sensitive(v: &str) -> Result<HeaderValue, StatusCode> {
-    let mut h = HeaderValue::from_str(v).map_err(|_| StatusCode::BAD_GATEWAY)?;
+/// A credential header value (`scheme` + secret) marked sensitive: never shown when a request
+/// is printed for debugging. The scratch copy is zeroized.
+fn sensitive(scheme: &[u8], secret: &[u8]) -> Result<HeaderValue, StatusCode> {
+    let mut v = zeroize::Zeroizing::new(Vec::with_capacity(scheme.len() + secret.len()));
+    v.extend_from_slice(scheme);
+    v.extend_from_slice(secret);
+    let mut h = HeaderValue::from_bytes(&v).map_err(|_| StatusCode::BAD_GATEWAY)?;
     h.set_sensitive(true);
     Ok(h)
 }
@@ -404,14 +439,38 @@ fn bearer(headers: &HeaderMap) -> Option<&[u8]> {
     Some(rest.trim_ascii())
 }
 
-pub async fn handle(
-    State(proxy): State<Arc<Proxy>>,
-    Path(service): Path<String>,
-    method: Method,
-    headers: HeaderMap,
-    body: axum::body::Bytes,
-) -> Response {
+/// The request body, up to `max` bytes however it is sent (413 above it, before anything of
+/// it is forwarded).
+async fn read_body(body: Incoming, max: usize) -> Result<Bytes, Response> {
+    match Limited::new(body, max).collect().await {
+        Ok(c) => Ok(c.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
+        Err(_) => Err(plain(
+            StatusCode::BAD_REQUEST,
+            "cannot read the request body\n",
+        )),
+    }
+}
+
+fn too_large() -> Response {
+    plain(StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n")
+}
+
+/// `/mcp/{service}`, called by the listener directly: no router or middleware on the hot path.
+pub async fn handle(proxy: Arc<Proxy>, service: &str, req: Request<Incoming>) -> Response {
     let started = Instant::now();
+    let (parts, body) = req.into_parts();
+    let (method, headers) = (parts.method, parts.headers);
+    let max_body = proxy.gateway.config.limits.max_body_bytes;
+    // A declared length over the limit is refused before a byte of the body is read.
+    if headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        .is_some_and(|n| n > max_body as u64)
+    {
+        return too_large();
+    }
     // DNS-rebinding defence: a browser page from another origin gets 403.
     if let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok())
         && origin != proxy.public_origin
@@ -449,7 +508,10 @@ pub async fn handle(
             "too many concurrent requests for this agent\n",
         );
     };
-    let Some(svc) = proxy.gateway.config.services.get(&service) else {
+    let (Some(svc), Some(target)) = (
+        proxy.gateway.config.services.get(service),
+        proxy.targets.get(service),
+    ) else {
         return plain(StatusCode::NOT_FOUND, "no such service\n");
     };
     if !proxy.audit.healthy() {
@@ -469,6 +531,14 @@ pub async fn handle(
             "stateless MCP uses POST only\n",
         );
     }
+    let body = if method == Method::POST {
+        match read_body(body, max_body).await {
+            Ok(b) => b,
+            Err(r) => return r,
+        }
+    } else {
+        Bytes::new()
+    };
     let message = if method == Method::POST {
         match jsonrpc::inspect(&body) {
             Ok(m) => Some(m),
@@ -520,14 +590,14 @@ pub async fn handle(
         _ => None,
     };
     let decision = match &tool {
-        Some(t) => policy::tool_allowed(principal.profile.as_ref(), &service, t),
-        None => policy::service_allowed(principal.profile.as_ref(), &service),
+        Some(t) => policy::tool_allowed(principal.profile.as_ref(), service, t),
+        None => policy::service_allowed(principal.profile.as_ref(), service),
     };
     if let Decision::Deny(reason) = decision {
         // I12: answered here; nothing reaches upstream.
         let event = call_event(
             &principal,
-            &service,
+            service,
             tool.as_deref(),
             message.as_ref(),
             "denied",
@@ -554,32 +624,32 @@ pub async fn handle(
             .sessions
             .lock()
             .ok()
-            .and_then(|m| m.owner(&service, sid).cloned());
+            .and_then(|m| m.owner(service, sid).cloned());
         if owner.as_deref() != Some(principal.agent.id.as_str()) {
             return plain(StatusCode::NOT_FOUND, "session not found\n");
         }
     }
     // The user's credential for the service, refreshed first when it is about to expire.
-    let mut cred = match proxy.credential(&principal, &service).await {
+    let mut cred = match proxy.credential(&principal, service).await {
         Some(c) => c,
         None => {
             let event = call_event(
                 &principal,
-                &service,
+                service,
                 tool.as_deref(),
                 message.as_ref(),
                 "needs_connection",
                 started,
             );
             let _ = proxy.audit.record(event);
-            return reconnect_answer(&proxy, &service, &id, message.as_ref(), version);
+            return reconnect_answer(&proxy, service, &id, message.as_ref(), version);
         }
     };
     let mut retried = false;
     let mut nonce_retried = false;
     let resp = loop {
         let resp = match proxy
-            .forward(svc, &method, &headers, &body, stateless, &cred)
+            .forward(svc, target, &method, &headers, &body, stateless, &cred)
             .await
         {
             Ok(r) => r,
@@ -591,7 +661,7 @@ pub async fn handle(
                 };
                 let _ = proxy.audit.record(call_event(
                     &principal,
-                    &service,
+                    service,
                     tool.as_deref(),
                     message.as_ref(),
                     outcome,
@@ -625,7 +695,7 @@ pub async fn handle(
             }
         }
         // An upstream 401 on an OAuth connection: one refresh and one retry, never a loop.
-        if resp.status() == reqwest::StatusCode::UNAUTHORIZED
+        if resp.status() == StatusCode::UNAUTHORIZED
             && !retried
             && cred.conn.kind == crate::store::ConnectionKind::Oauth
         {
@@ -635,7 +705,7 @@ pub async fn handle(
                 .refresh_after_401(&cred.conn.id, cred.conn.secret_record.as_deref())
                 .await
                 .is_ok()
-                && let Some(c) = proxy.credential(&principal, &service).await
+                && let Some(c) = proxy.credential(&principal, service).await
             {
                 cred = c;
                 continue;
@@ -644,7 +714,7 @@ pub async fn handle(
         break resp;
     };
     let status = resp.status();
-    let outcome = if status.is_success() || status == reqwest::StatusCode::ACCEPTED {
+    let outcome = if status.is_success() || status == StatusCode::ACCEPTED {
         "ok".to_owned()
     } else {
         format!("upstream_{}", status.as_u16())
@@ -653,7 +723,7 @@ pub async fn handle(
     if !proxy.audit.record(
         call_event(
             &principal,
-            &service,
+            service,
             tool.as_deref(),
             message.as_ref(),
             &outcome,
@@ -666,7 +736,7 @@ pub async fn handle(
             "the audit log cannot be written; calls are refused\n",
         );
     }
-    if status == reqwest::StatusCode::UNAUTHORIZED {
+    if status == StatusCode::UNAUTHORIZED {
         // Still refused after the one refresh (and, with DPoP, the one nonce retry). Upstream's
         // own WWW-Authenticate is not the agent's business; say what to do.
         let text = if cred.dpop.is_some() && crate::oauth::dpop::proof_rejected(401, resp.headers())
@@ -702,13 +772,13 @@ pub async fn handle(
         && !stateless
         && let Ok(mut m) = proxy.sessions.lock()
     {
-        m.bind(&service, sid, &principal.agent.id);
+        m.bind(service, sid, &principal.agent.id);
     }
     if method == Method::DELETE
         && status.is_success()
         && let (Some(sid), Ok(mut m)) = (&session, proxy.sessions.lock())
     {
-        m.unbind(&service, sid);
+        m.unbind(service, sid);
     }
     if is_sse {
         out = out.header("x-accel-buffering", "no");
@@ -718,11 +788,24 @@ pub async fn handle(
     if filter_tools {
         // Filtering needs the whole (small) answer; everything else streams.
         let mut buf = Vec::new();
-        let mut stream = resp.bytes_stream();
+        let mut stream = resp.into_body();
         let deadline = tokio::time::Instant::now() + proxy.response_start_timeout;
-        while let Ok(Some(chunk)) = tokio::time::timeout_at(deadline, stream.next()).await {
-            let Ok(chunk) = chunk else {
-                return plain(StatusCode::BAD_GATEWAY, "upstream stream failed\n");
+        loop {
+            let chunk = match tokio::time::timeout_at(deadline, stream.frame()).await {
+                Err(_) => {
+                    return plain(
+                        StatusCode::GATEWAY_TIMEOUT,
+                        "upstream did not finish its tools/list answer in time\n",
+                    );
+                }
+                Ok(None) => break,
+                Ok(Some(Err(_))) => {
+                    return plain(StatusCode::BAD_GATEWAY, "upstream stream failed\n");
+                }
+                Ok(Some(Ok(frame))) => match frame.into_data() {
+                    Ok(data) => data,
+                    Err(_) => continue, // trailers
+                },
             };
             if buf.len() + chunk.len() > TOOLS_LIST_CAP {
                 return plain(
@@ -732,7 +815,7 @@ pub async fn handle(
             }
             buf.extend_from_slice(&chunk);
         }
-        let filtered = filter_tools_list(&buf, is_sse, principal.profile.as_ref(), &service);
+        let filtered = filter_tools_list(&buf, is_sse, principal.profile.as_ref(), service);
         return out
             .body(Body::from(filtered))
             .unwrap_or_else(|_| plain(StatusCode::BAD_GATEWAY, "bad upstream response\n"));
@@ -742,11 +825,8 @@ pub async fn handle(
         out = out.header(header::CONTENT_LENGTH, len);
     }
     // The slot travels with the body: it is released when the stream ends or is dropped.
-    let body = resp.bytes_stream().map(move |chunk| {
-        let _held = &slot;
-        chunk
-    });
-    out.body(Body::from_stream(body))
+    let body = upstream::Relay::new(resp.into_body(), proxy.stream_idle, slot);
+    out.body(Body::new(body))
         .unwrap_or_else(|_| plain(StatusCode::BAD_GATEWAY, "bad upstream response\n"))
 }
 

@@ -24,7 +24,6 @@ use axum::routing::{get, post};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
-use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 use tower_http::limit::RequestBodyLimitLayer;
@@ -65,34 +64,55 @@ pub fn router(state: AppState, limits: &Limits) -> Router {
         .merge(flow)
         .with_state(state.clone());
     app = app.merge(webhooks::routes(state.gateway.clone()));
-    app = app.merge(
-        Router::new()
-            .route("/mcp/{service}", axum::routing::any(crate::proxy::handle))
-            .with_state(state.proxy.clone()),
-    );
+    // `/mcp/{service}` is not here: `Listener` hands it to the proxy before any routing.
     if let Some(d) = &state.demo {
         app = app
             .merge(demo::routes(d.clone()))
             .merge(demo_mcp::routes(d.clone()));
     }
-    app.layer(axum::middleware::from_fn_with_state(
-        state.clone(),
-        count_requests,
-    ))
-    .layer(RequestBodyLimitLayer::new(limits.max_body_bytes))
+    app.layer(RequestBodyLimitLayer::new(limits.max_body_bytes))
+}
+
+/// What every accepted connection is served by: MCP calls go straight to the proxy (the hot
+/// path: no router, no middleware, no extractors; it enforces the body limit itself), every
+/// other request to the router.
+#[derive(Clone)]
+pub struct Listener {
+    pub app: Router,
+    pub proxy: Arc<crate::proxy::Proxy>,
+    pub metrics: Arc<Metrics>,
+}
+
+/// The `{service}` of `/mcp/{service}`: one non-empty path segment, matched as the router
+/// would have matched it.
+fn mcp_service(path: &str) -> Option<&str> {
+    let s = path.strip_prefix("/mcp/")?;
+    (!s.is_empty() && !s.contains('/')).then_some(s)
+}
+
+impl hyper::service::Service<axum::http::Request<hyper::body::Incoming>> for Listener {
+    type Response = Response;
+    type Error = std::convert::Infallible;
+    type Future =
+        std::pin::Pin<Box<dyn std::future::Future<Output = Result<Response, Self::Error>> + Send>>;
+
+    fn call(&self, req: axum::http::Request<hyper::body::Incoming>) -> Self::Future {
+        self.metrics.http_requests.fetch_add(1, Ordering::Relaxed);
+        if mcp_service(req.uri().path()).is_some() {
+            let proxy = self.proxy.clone();
+            return Box::pin(async move {
+                // Uri clones share their bytes: the service name is not copied.
+                let uri = req.uri().clone();
+                let service = mcp_service(uri.path()).unwrap_or_default();
+                Ok(crate::proxy::handle(proxy, service, req).await)
+            });
+        }
+        Box::pin(tower::ServiceExt::oneshot(self.app.clone(), req))
+    }
 }
 
 async fn harden_flow(r: Response) -> Response {
     pages::harden(r)
-}
-
-async fn count_requests(
-    State(s): State<AppState>,
-    req: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> Response {
-    s.metrics.http_requests.fetch_add(1, Ordering::Relaxed);
-    next.run(req).await
 }
 
 async fn healthz() -> &'static str {
@@ -185,9 +205,8 @@ async fn metrics(State(s): State<AppState>) -> Response {
 /// Accepts connections until `shutdown` flips, then drains them for up to the grace period.
 pub async fn serve(
     listener: TcpListener,
-    app: Router,
+    app: Listener,
     limits: Limits,
-    metrics: Arc<Metrics>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let slots = Arc::new(Semaphore::new(limits.max_connections));
@@ -214,7 +233,7 @@ pub async fn serve(
                 Ok((s, _)) => s,
                 Err(e) => {
                     // EMFILE and friends: back off instead of spinning.
-                    metrics.rejected_connections.fetch_add(1, Ordering::Relaxed);
+                    app.metrics.rejected_connections.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(error = %e, "accept failed");
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
@@ -224,13 +243,10 @@ pub async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let conn = builder
-            .serve_connection_with_upgrades(
-                TokioIo::new(stream),
-                TowerToHyperService::new(app.clone()),
-            )
+            .serve_connection_with_upgrades(TokioIo::new(stream), app.clone())
             .into_owned();
         let conn = graceful.watch(conn);
-        let m = metrics.clone();
+        let m = app.metrics.clone();
         m.open_connections.fetch_add(1, Ordering::Relaxed);
         tokio::spawn(async move {
             let _ = conn.await;

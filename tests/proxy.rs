@@ -63,6 +63,10 @@ async fn upstream() -> (u16, Arc<Mutex<Seen>>) {
                                 .body(axum::body::Body::from_stream(soak_stream(id, secs)))
                                 .unwrap()
                         }
+                        Some("silent") => axum::response::Response::builder()
+                            .header("content-type", "text/event-stream")
+                            .body(axum::body::Body::from_stream(silent_stream()))
+                            .unwrap(),
                         Some("stream") => {
                             let s = async_stream(id);
                             axum::response::Response::builder()
@@ -132,6 +136,17 @@ fn soak_stream(
             tokio::time::sleep(Duration::from_secs(1)).await;
             Some((Ok(b": heartbeat\n\n".to_vec()), i + 1))
         }
+    })
+}
+
+/// Three heartbeats 2 s apart (each under the gateway's 3 s idle timeout), then silence.
+fn silent_stream() -> impl futures_util::Stream<Item = Result<Vec<u8>, std::io::Error>> {
+    futures_util::stream::unfold(0u32, |i| async move {
+        if i > 0 {
+            let gap = if i < 3 { 2 } else { 3600 };
+            tokio::time::sleep(Duration::from_secs(gap)).await;
+        }
+        Some((Ok(b": heartbeat\n\n".to_vec()), i + 1))
     })
 }
 
@@ -547,6 +562,49 @@ async fn sse_streams_as_it_arrives_and_a_hung_upstream_gets_504() {
     let (s, _, _) = e.call(&t, "files", call(2, "hang"), &[]).await;
     assert_eq!(s, 504);
     assert!(t0.elapsed() < Duration::from_secs(6));
+}
+
+/// A stream that goes silent is cut after the idle timeout (3 s here), counted from its last
+/// frame: heartbeats 2 s apart keep it alive, and the agent's stream slot is freed after it.
+#[tokio::test]
+async fn a_silent_stream_is_cut_after_the_idle_timeout() {
+    let e = env().await;
+    let t = e.agent("quiet", "alice", None);
+    let mut r = e
+        .http
+        .post(format!("{}/mcp/files", e.base))
+        .bearer_auth(&t)
+        .header("content-type", "application/json")
+        .body(call(1, "silent").to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let mut heartbeats = 0;
+    let mut last = Instant::now();
+    let ended = loop {
+        match tokio::time::timeout(Duration::from_secs(20), r.chunk()).await {
+            Err(_) => panic!("a silent stream was still open 20 s after its last frame"),
+            Ok(Ok(Some(c))) => {
+                heartbeats += String::from_utf8_lossy(&c).matches("heartbeat").count();
+                last = Instant::now();
+            }
+            Ok(Ok(None)) | Ok(Err(_)) => break last.elapsed(),
+        }
+    };
+    assert_eq!(
+        heartbeats, 3,
+        "heartbeats 2 s apart must not trip a 3 s idle timeout"
+    );
+    assert!(
+        ended >= Duration::from_millis(2900) && ended < Duration::from_secs(6),
+        "cut {ended:?} after the last frame; the idle timeout is 3 s"
+    );
+    // The cap is 2 per agent: both slots are free again.
+    for id in [2, 3] {
+        let (s, _, _) = e.call(&t, "files", call(id, "read_file"), &[]).await;
+        assert_eq!(s, 200);
+    }
 }
 
 /// Regression (review): a `tools/call` sent without an id, or with a duplicate or case-variant

@@ -288,7 +288,11 @@ async fn run_async(
         )),
     };
     let state_proxy = state.proxy.clone();
-    let app = web::router(state, &limits);
+    let app = web::Listener {
+        app: web::router(state, &limits),
+        proxy: state_proxy.clone(),
+        metrics,
+    };
     let status = {
         let g = gateway.clone();
         let d = dir.root().display().to_string();
@@ -310,7 +314,7 @@ async fn run_async(
             }
         })
     };
-    let web_task = tokio::spawn(web::serve(listener, app, limits, metrics, rx.clone()));
+    let web_task = tokio::spawn(web::serve(listener, app, limits, rx.clone()));
     let refresh: crate::admin::server::RefreshNow = {
         let proxy = state_proxy.clone();
         Arc::new(move |id: String| {
