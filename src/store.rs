@@ -433,6 +433,15 @@ impl Txn<'_> {
 
     /// Appends one entry to the hash chain, in this transaction.
     pub fn audit(&mut self, event: Event) -> Result<Entry, StoreError> {
+        let mut entries = self.audit_all(vec![event])?;
+        entries
+            .pop()
+            .ok_or_else(|| StoreError::AuditUnavailable("no entry was appended".into()))
+    }
+
+    /// Appends several entries in order: the head is checked once and written once, so a
+    /// group commit of many calls' entries costs one head HMAC, not one per entry.
+    pub fn audit_all(&mut self, events: Vec<Event>) -> Result<Vec<Entry>, StoreError> {
         if self.audit_fault {
             return Err(StoreError::AuditUnavailable("injected failure".into()));
         }
@@ -445,7 +454,7 @@ impl Txn<'_> {
             .map(|(k, _)| k.value());
         // Fail closed on a head that is missing, forged or out of step with the table: an
         // append must never overwrite or fork history.
-        let (seq, prev) = match meta.get(AUDIT_HEAD).map_err(|e| fail(e.into()))? {
+        let (mut seq, mut prev) = match meta.get(AUDIT_HEAD).map_err(|e| fail(e.into()))? {
             None if last_key.is_none() => (0, audit::GENESIS.to_owned()),
             None => {
                 return Err(StoreError::AuditUnavailable(
@@ -462,17 +471,26 @@ impl Txn<'_> {
                 (head.seq, head.hash)
             }
         };
-        let entry = Entry::chain(seq + 1, self.now, &event, &prev);
-        table
-            .insert(entry.seq, encode(&entry).as_slice())
-            .map_err(|e| fail(e.into()))?;
+        let mut entries = Vec::with_capacity(events.len());
+        for event in &events {
+            let entry = Entry::chain(seq + 1, self.now, event, &prev);
+            table
+                .insert(entry.seq, encode(&entry).as_slice())
+                .map_err(|e| fail(e.into()))?;
+            seq = entry.seq;
+            prev.clone_from(&entry.hash);
+            entries.push(entry);
+        }
+        if entries.is_empty() {
+            return Ok(entries);
+        }
         meta.insert(
             AUDIT_HEAD,
-            encode(&Head::new(self.head_key, entry.seq, &entry.hash)).as_slice(),
+            encode(&Head::new(self.head_key, seq, &prev)).as_slice(),
         )
         .map_err(|e| fail(e.into()))?;
         self.audited = true;
-        Ok(entry)
+        Ok(entries)
     }
 
     pub fn user_by_name(&self, name: &str) -> Result<Option<User>, StoreError> {
@@ -896,6 +914,45 @@ mod tests {
             subject: None,
             dpop_jkt: None,
         }
+    }
+
+    /// A batch append chains exactly as one-by-one appends do: consecutive numbers, each entry
+    /// linked to the one before (across batches too), one authentic head at the end, and
+    /// every field escaped.
+    #[test]
+    fn a_batch_of_audit_entries_chains_like_single_appends() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = HeadKey::new([9; 32]);
+        let store = Store::create(&dir.path().join("s.redb"), "p", key).unwrap();
+        let before = store.verify_audit().unwrap().entries;
+        let ev =
+            |i: usize| Event::new("agent:a", "mcp.call", "svc", "ok").detail("n", i.to_string());
+        let single = store.write(|t| t.audit(ev(0))).unwrap();
+        let batch = store
+            .write(|t| {
+                t.audit_all(
+                    (1..=4)
+                        .map(ev)
+                        .chain([Event::new("x\u{1b}[2J", "a", "t", "ok")])
+                        .collect(),
+                )
+            })
+            .unwrap();
+        assert_eq!(batch.len(), 5);
+        assert_eq!(batch[0].prev_hash, single.hash);
+        for w in batch.windows(2) {
+            assert_eq!(w[1].seq, w[0].seq + 1);
+            assert_eq!(w[1].prev_hash, w[0].hash);
+        }
+        assert_eq!(batch[4].actor, "x\\u{1b}[2J");
+        let v = store.verify_audit().unwrap();
+        assert_eq!(v.entries, before + 6);
+        assert_eq!(v.head_hash, batch[4].hash);
+        assert!(v.head_authenticated);
+        // The next single append continues from the batch's head.
+        let next = store.write(|t| t.audit(ev(9))).unwrap();
+        assert_eq!(next.prev_hash, batch[4].hash);
+        store.verify_audit().unwrap();
     }
 
     /// The derived tables (counts, secret references, live index) follow every change, and a

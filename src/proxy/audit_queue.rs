@@ -32,12 +32,7 @@ impl AuditQueue {
                 let events = gather(&mut rx, first, BATCH, Duration::from_millis(2)).await;
                 let g = gateway.clone();
                 let ok = tokio::task::spawn_blocking(move || {
-                    g.store.write(|t| {
-                        for e in events {
-                            t.audit(e)?;
-                        }
-                        Ok(())
-                    })
+                    g.store.write(|t| t.audit_all(events).map(drop))
                 })
                 .await
                 .map(|r| r.is_ok())

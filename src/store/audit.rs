@@ -186,6 +186,10 @@ impl Entry {
 /// Escapes control characters (C0, DEL, C1), bidi overrides and backslashes, and caps length,
 /// so a string from outside cannot forge entries or drive a terminal.
 pub fn escape_untrusted(s: &str) -> String {
+    // Printable ASCII without backslashes needs nothing (the usual case: names, ids, numbers).
+    if s.len() <= MAX_FIELD_CHARS && s.bytes().all(|b| (b' '..=b'~').contains(&b) && b != b'\\') {
+        return s.to_owned();
+    }
     let mut out = String::with_capacity(s.len().min(MAX_FIELD_CHARS));
     for (i, c) in s.chars().enumerate() {
         if i == MAX_FIELD_CHARS {
@@ -444,6 +448,13 @@ mod tests {
             escape_untrusted(&"x".repeat(10_000)).chars().count(),
             MAX_FIELD_CHARS + 1
         );
+        // The plain-ASCII fast path: unchanged up to the cap, capped one past it, and a
+        // backslash or a DEL still escaped.
+        let at_cap = "y".repeat(MAX_FIELD_CHARS);
+        assert_eq!(escape_untrusted(&at_cap), at_cap);
+        assert!(escape_untrusted(&"y".repeat(MAX_FIELD_CHARS + 1)).ends_with('…'));
+        assert_eq!(escape_untrusted("a\\b"), "a\\\\b");
+        assert_eq!(escape_untrusted("a\x7fb"), "a\\u{7f}b");
     }
 
     #[test]
