@@ -45,6 +45,7 @@ struct RawLimits {
     refresh_startup_spread_secs: Option<u64>,
     proactive_refresh: Option<bool>,
     strike_interval_secs: Option<u64>,
+    listener_threads: Option<usize>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -120,6 +121,8 @@ pub struct Limits {
     /// Definitive refresh rejections are retried this far apart (times the strike count), so
     /// a passing misconfiguration (a client secret mid-rotation) cannot use up three at once.
     pub strike_interval_secs: u64,
+    /// Threads serving HTTP, each with its own event loop; 0: one per CPU core.
+    pub listener_threads: usize,
 }
 
 impl Default for Limits {
@@ -137,6 +140,7 @@ impl Default for Limits {
             refresh_startup_spread_secs: 30,
             proactive_refresh: true,
             strike_interval_secs: 300,
+            listener_threads: 0,
         }
     }
 }
@@ -341,6 +345,7 @@ fn check(raw: RawConfig) -> Result<Config, String> {
             l.strike_interval_secs,
             d.strike_interval_secs,
         )?,
+        listener_threads: l.listener_threads.unwrap_or(d.listener_threads).min(256),
     };
     let mut providers = BTreeMap::new();
     for (name, p) in raw.providers {
@@ -688,6 +693,7 @@ public_url = "http://127.0.0.1:8080"   # redirect URIs are built from this, noth
 # max_header_bytes         = 16384
 # header_read_timeout_secs = 10
 # shutdown_grace_secs      = 10
+# listener_threads         = 0         # HTTP threads, each its own event loop; 0: one per core
 
 # [providers.google]
 # preset            = "google"          # google | github | github-app | slack | microsoft

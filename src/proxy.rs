@@ -172,7 +172,6 @@ struct Target {
 pub struct Proxy {
     pub gateway: Arc<Gateway>,
     credentials: CredentialCache,
-    http: upstream::Upstream,
     targets: HashMap<String, Target>,
     stream_idle: Duration,
     /// Upstream session id → (service, agent id) that opened it (I14).
@@ -193,7 +192,7 @@ impl Proxy {
         refresher: Arc<crate::lifecycle::Refresher>,
     ) -> Self {
         #[allow(clippy::expect_used)] // the platform's roots load at start or nothing works.
-        let http = upstream::client().expect("TLS roots for the upstream client");
+        upstream::client().expect("TLS roots for the upstream client");
         let targets = gateway
             .config
             .services
@@ -219,7 +218,6 @@ impl Proxy {
             .collect();
         let public = gateway.config.public_url.clone();
         Self {
-            http,
             targets,
             // A stream that sends nothing (not even a heartbeat) for this long is cut.
             stream_idle: Duration::from_secs(gateway.config.limits.stream_idle_timeout_secs),
@@ -391,7 +389,7 @@ impl Proxy {
             }
         }
         // Only the start of the answer is timed: a live SSE stream is never cut.
-        match tokio::time::timeout(self.response_start_timeout, self.http.request(req)).await {
+        match tokio::time::timeout(self.response_start_timeout, upstream::request(req)).await {
             Err(_) => Err(StatusCode::GATEWAY_TIMEOUT),
             Ok(Err(_)) => Err(StatusCode::BAD_GATEWAY),
             Ok(Ok(r)) => Ok(r),

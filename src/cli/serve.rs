@@ -314,7 +314,7 @@ async fn run_async(
             }
         })
     };
-    let web_task = tokio::spawn(web::serve(listener, app, limits, rx.clone()));
+    let web_task = tokio::spawn(web::serve_threads(listener, app, limits, rx.clone()));
     let refresh: crate::admin::server::RefreshNow = {
         let proxy = state_proxy.clone();
         Arc::new(move |id: String| {

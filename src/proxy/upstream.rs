@@ -46,6 +46,23 @@ pub fn client() -> Result<Upstream, rustls::Error> {
         .build(https))
 }
 
+thread_local! {
+    /// One pool per listener thread: a request and the upstream connection it uses stay on the
+    /// same event loop (a shared pool hands connections between threads, with a cross-thread
+    /// wake-up per request).
+    static CLIENT: std::cell::OnceCell<Upstream> = const { std::cell::OnceCell::new() };
+}
+
+/// Sends `req` on this thread's pool. `client()` was checked once at start (`Proxy::new`), so
+/// building a thread's pool cannot fail later.
+pub fn request(req: hyper::Request<Full<Bytes>>) -> hyper_util::client::legacy::ResponseFuture {
+    #[allow(clippy::expect_used)] // invariant: checked at start, see above.
+    CLIENT.with(|c| {
+        c.get_or_init(|| client().expect("TLS roots for the upstream client"))
+            .request(req)
+    })
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum RelayError {
     #[error("upstream sent nothing for {0:?}; the stream was closed")]
