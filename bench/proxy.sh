@@ -76,34 +76,44 @@ hz=$(getconf CLK_TCK)
 to_us() { awk -v v="$1" 'BEGIN { if (v ~ /us$/) {sub(/us/,"",v); print v} else if (v ~ /ms$/) {sub(/ms/,"",v); print v*1000} else if (v ~ /s$/) {sub(/s/,"",v); print v*1000000} else print v }'; }
 
 printf "%-10s %4s %10s %9s %9s %12s %8s\n" target conc req/s p50_us p99_us cpu_us/req rss_MiB
-run() { # name url pid header value
-  local name=$1 url=$2 pid=$3
-  for c in 1 16 64; do
-    local t=$(( c < 2 ? 1 : 2 ))
-    local before=0; [ "$pid" != "-" ] && before=$(ticks "$pid")
-    out=$(HDR_NAME=$4 HDR_VALUE=$5 wrk -t$t -c$c -d${DUR}s --latency -s "$T/post.lua" "$url")
-    local after=0; [ "$pid" != "-" ] && after=$(ticks "$pid")
-    local rps reqs p50 p99 non2xx
-    rps=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
-    reqs=$(echo "$out" | awk '/requests in/ {print $1}')
-    p50=$(to_us "$(echo "$out" | awk '$1=="50%" {print $2}')")
-    p99=$(to_us "$(echo "$out" | awk '$1=="99%" {print $2}')")
-    non2xx=$(echo "$out" | awk '/Non-2xx/ {print $5}')
-    [ -n "$non2xx" ] && { echo "$name: $non2xx non-2xx responses; aborting" >&2; exit 1; }
-    local cpu="-" mem="-"
-    if [ "$pid" != "-" ]; then
-      cpu=$(awk -v a="$after" -v b="$before" -v hz="$hz" -v n="$reqs" 'BEGIN { printf "%.1f", (a-b)*1000000/hz/n }')
-      mem=$(rss "$pid")
-    fi
-    printf "%-10s %4s %10s %9s %9s %12s %8s\n" "$name" "$c" "$rps" "$p50" "$p99" "$cpu" "$mem"
-  done
+run() { # name conc url pid header value; prints a row and keeps "name conc rps p50 cpu" in $T/rows
+  local name=$1 c=$2 url=$3 pid=$4
+  local t=$(( c < 2 ? 1 : 2 ))
+  local before=0; [ "$pid" != "-" ] && before=$(ticks "$pid")
+  out=$(HDR_NAME=$5 HDR_VALUE=$6 wrk -t$t -c$c -d${DUR}s --latency -s "$T/post.lua" "$url")
+  local after=0; [ "$pid" != "-" ] && after=$(ticks "$pid")
+  local rps reqs p50 p99 non2xx
+  rps=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
+  reqs=$(echo "$out" | awk '/requests in/ {print $1}')
+  p50=$(to_us "$(echo "$out" | awk '$1=="50%" {print $2}')")
+  p99=$(to_us "$(echo "$out" | awk '$1=="99%" {print $2}')")
+  non2xx=$(echo "$out" | awk '/Non-2xx/ {print $5}')
+  [ -n "$non2xx" ] && { echo "$name: $non2xx non-2xx responses; aborting" >&2; exit 1; }
+  local cpu="-" mem="-"
+  if [ "$pid" != "-" ]; then
+    cpu=$(awk -v a="$after" -v b="$before" -v hz="$hz" -v n="$reqs" 'BEGIN { printf "%.1f", (a-b)*1000000/hz/n }')
+    mem=$(rss "$pid")
+  fi
+  printf "%-10s %4s %10s %9s %9s %12s %8s\n" "$name" "$c" "$rps" "$p50" "$p99" "$cpu" "$mem"
+  echo "$name $c $rps $p50 $cpu" >> "$T/rows"
 }
 if [ -n "${PERF:-}" ]; then # PERF=1: profile Scopegate at concurrency 16 instead of the table
   perf record -F 999 -g -p "$SG_PID" -o "${PERF_OUT:-perf.data}" -- sleep "$DUR" >/dev/null 2>&1 &
   HDR_NAME=Authorization HDR_VALUE="Bearer $TOKEN" wrk -t2 -c16 -d${DUR}s -s "$T/post.lua" "http://127.0.0.1:$GW/mcp/bench" | grep Requests/sec
   wait; exit 0
 fi
-run direct    "http://127.0.0.1:$UP/mcp"       -               X-API-Key     "$KEY"
-run nginx     "http://127.0.0.1:$NG/mcp"       "$NGINX_WORKER" Authorization "Bearer unused"
-run scopegate "http://127.0.0.1:$GW/mcp/bench" "$SG_PID"       Authorization "Bearer $TOKEN"
+# Interleaved per concurrency, so drift on a shared machine hits all three alike.
+for c in 1 16 64; do
+  run direct    $c "http://127.0.0.1:$UP/mcp"       -               X-API-Key     "$KEY"
+  run nginx     $c "http://127.0.0.1:$NG/mcp"       "$NGINX_WORKER" Authorization "Bearer unused"
+  run scopegate $c "http://127.0.0.1:$GW/mcp/bench" "$SG_PID"       Authorization "Bearer $TOKEN"
+done
+echo
+echo "against nginx (targets: throughput >= 0.9x, CPU/req <= 1.5x, added p50 at c=1 <= nginx's + 10 us)"
+awk '{ rps[$1,$2]=$3; p50[$1,$2]=$4; cpu[$1,$2]=$5 }
+  END {
+    for (i = 1; i <= 3; i++) { c = (i == 1 ? 1 : (i == 2 ? 16 : 64))
+      printf "c=%-3s throughput %.2fx   cpu/req %.2fx\n", c, rps["scopegate",c]/rps["nginx",c], cpu["scopegate",c]/cpu["nginx",c] }
+    printf "added p50 at c=1: nginx %d us, scopegate %d us\n", p50["nginx",1]-p50["direct",1], p50["scopegate",1]-p50["direct",1]
+  }' "$T/rows"
 echo "audit entries written: $($SG audit verify | awk '{print $4}')"

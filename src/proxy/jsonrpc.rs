@@ -114,6 +114,10 @@ fn unambiguous(body: &[u8]) -> bool {
 
 /// Case folding as lenient JSON decoders apply it (including the long s and the Kelvin sign).
 fn fold(key: &str) -> String {
+    // The usual case, and the same answer: ASCII folds to its ASCII lowercase.
+    if key.is_ascii() {
+        return key.to_ascii_lowercase();
+    }
     key.chars()
         .map(|c| match c {
             '\u{17f}' => 's',
