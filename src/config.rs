@@ -729,6 +729,9 @@ mod tests {
     fn starter_and_design_examples_parse() {
         let c = Config::parse(STARTER, "starter").unwrap();
         assert_eq!(c.listen.port(), 8080);
+        assert_eq!(c.limits.listener_threads, 0, "one per core unless set");
+        let l = Config::parse("[limits]\nlistener_threads = 3\n", "t.toml").unwrap();
+        assert_eq!(l.limits.listener_threads, 3);
         let c = Config::parse(
             r#"
             [providers.corp]

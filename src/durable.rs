@@ -33,6 +33,20 @@ pub fn builder() -> redb::Builder {
     b
 }
 
+/// Closes `db` and opens `path` again, so its page cache starts empty. Start-up's scans read
+/// every page once; without this, memory at rest would hold a cache full of them and grow with
+/// the number of stored connections up to the cap. redb allows one handle per file, so a
+/// throwaway in-memory database stands in between. On an error `db` is that placeholder and
+/// the caller must stop.
+pub fn reopen(db: &mut Database, path: &std::path::Path) -> Result<(), StorageError> {
+    let placeholder = redb::Builder::new()
+        .create_with_backend(redb::backends::InMemoryBackend::new())
+        .map_err(storage)?;
+    drop(std::mem::replace(db, placeholder));
+    *db = builder().open(path).map_err(storage)?;
+    Ok(())
+}
+
 /// Creates `path` with mode 0600 (failing if it exists), so the file is private from its
 /// first byte rather than after a chmod.
 pub fn create_private_file(path: &std::path::Path) -> std::io::Result<()> {

@@ -306,6 +306,11 @@ impl Store {
         }
     }
 
+    /// Empties the page cache (see `durable::reopen`); only before serving starts.
+    pub fn drop_page_cache(&mut self, path: &Path) -> Result<(), StoreError> {
+        crate::durable::reopen(&mut self.db, path).map_err(|e| st(e.0))
+    }
+
     /// Verifies the whole chain, including the head's HMAC.
     pub fn verify_audit(&self) -> Result<Verified, StoreError> {
         self.read()?.verify_audit(Some(&self.head_key))

@@ -82,6 +82,15 @@ pub struct Vault {
     path: PathBuf,
 }
 
+impl Vault {
+    /// Empties the page cache (see `durable::reopen`); only before serving starts.
+    pub fn drop_page_cache(&mut self) -> Result<(), VaultError> {
+        let path = self.path.clone();
+        crate::durable::reopen(&mut self.db, &path)?;
+        Ok(())
+    }
+}
+
 impl std::fmt::Debug for Vault {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Vault")

@@ -153,10 +153,21 @@ fn run(
     listener: Option<std::net::TcpListener>,
     demo: Option<Arc<DemoProvider>>,
 ) -> anyhow::Result<()> {
-    let gateway = Arc::new(gateway);
+    let mut gateway = gateway;
     let report = gateway
         .reconcile()
         .context("start-up reconciliation failed")?;
+    // Reconciliation read every page of both files; memory at rest must not depend on how
+    // many connections are stored, so both caches start over.
+    gateway
+        .vault
+        .drop_page_cache()
+        .context("cannot reopen the vault")?;
+    gateway
+        .store
+        .drop_page_cache(&dir.store_path())
+        .context("cannot reopen the store")?;
+    let gateway = Arc::new(gateway);
     if report.orphan_secrets_deleted + report.connections_needing_reauth > 0 {
         tracing::warn!(
             orphan_secrets_deleted = report.orphan_secrets_deleted,
