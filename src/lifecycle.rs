@@ -158,6 +158,9 @@ pub struct Refresher {
     /// When each connection was last refreshed because upstream said 401.
     last_forced: Mutex<HashMap<String, std::time::Instant>>,
     pub stats: RefreshStats,
+    /// Where refresh flights asked for on a single-threaded runtime run: a long-lived runtime,
+    /// so a flight outlives the caller that started it (a listener thread that is draining).
+    flights_on: tokio::runtime::Handle,
 }
 
 /// An upstream can answer 401 for reasons of its own; at most one such refresh per
@@ -192,7 +195,14 @@ impl Refresher {
             flights: Mutex::new(HashMap::new()),
             last_forced: Mutex::new(HashMap::new()),
             stats: RefreshStats::default(),
+            flights_on: tokio::runtime::Handle::current(),
         }
+    }
+
+    /// Runs refresh flights on `runtime` instead of the one `new` was called on.
+    pub fn with_flights_on(mut self, runtime: tokio::runtime::Handle) -> Self {
+        self.flights_on = runtime;
+        self
     }
 
     pub fn clock(&self) -> &Arc<dyn Clock> {
@@ -288,7 +298,14 @@ impl Refresher {
             Trigger::Stale(r) => Some(r.map(str::to_owned)),
             Trigger::Due => None,
         };
-        let task = tokio::spawn(async move {
+        // A listener thread's single-threaded loop stops when it drains; a flight started
+        // there runs on `flights_on`. Elsewhere (the scheduler on the lifecycle runtime) it
+        // stays where it was asked for, at that runtime's priority.
+        let on = match tokio::runtime::Handle::try_current() {
+            Ok(h) if h.runtime_flavor() != tokio::runtime::RuntimeFlavor::CurrentThread => h,
+            _ => self.flights_on.clone(),
+        };
+        let task = on.spawn(async move {
             let turn = flight.lock().await;
             let trigger = match &seen {
                 Some(r) => Trigger::Stale(r.as_deref()),

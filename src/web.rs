@@ -220,18 +220,18 @@ pub async fn serve_threads(
     let listener = listener.into_std()?;
     // One cap on open connections across all threads.
     let slots = Arc::new(Semaphore::new(limits.max_connections));
-    let mut threads = Vec::with_capacity(n);
-    for i in 0..n {
-        let (l, app, limits, stop, slots) = (
-            listener.try_clone()?,
-            app.clone(),
-            limits.clone(),
-            shutdown.clone(),
-            slots.clone(),
-        );
+    // Everything that can fail is made before any thread starts: no half-started listener.
+    let mut loops = Vec::with_capacity(n);
+    for _ in 0..n {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
+        loops.push((listener.try_clone()?, rt));
+    }
+    let mut threads = Vec::with_capacity(n);
+    for (i, (l, rt)) in loops.into_iter().enumerate() {
+        let (app, limits, stop, slots) =
+            (app.clone(), limits.clone(), shutdown.clone(), slots.clone());
         threads.push(
             std::thread::Builder::new()
                 .name(format!("scopegate-http-{i}"))

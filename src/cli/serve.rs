@@ -242,14 +242,19 @@ async fn run_async(
     let metrics = Arc::new(web::Metrics::default());
     let oauth = Arc::new(crate::oauth::client::OAuthClient::new());
     let (tx, rx) = watch::channel(false);
-    // Its group committer lives on the lifecycle runtime.
+    // Its group committer lives on the lifecycle runtime; agents' refresh flights run on this
+    // (the main) runtime, at normal priority and outliving the listener thread that asked.
+    let main = tokio::runtime::Handle::current();
     let refresher = {
         let _on = lifecycle.enter();
-        Arc::new(crate::lifecycle::Refresher::new(
-            gateway.clone(),
-            oauth.clone(),
-            Arc::new(crate::lifecycle::schedule::SystemClock),
-        ))
+        Arc::new(
+            crate::lifecycle::Refresher::new(
+                gateway.clone(),
+                oauth.clone(),
+                Arc::new(crate::lifecycle::schedule::SystemClock),
+            )
+            .with_flights_on(main),
+        )
     };
     if gateway.config.limits.proactive_refresh {
         let start = crate::lifecycle::Scheduler::start(
@@ -354,6 +359,13 @@ async fn run_async(
     let _ = tx.send(true);
     let _ = admin_task.await;
     let _ = web_task.await;
+    if !state_proxy
+        .audit
+        .flush(std::time::Duration::from_secs(5))
+        .await
+    {
+        tracing::error!("per-call audit entries were still uncommitted at shutdown");
+    }
     let _ = std::fs::remove_file(&socket);
     let g = gateway.clone();
     let _ = tokio::task::spawn_blocking(move || {

@@ -8,7 +8,7 @@
 //! as before (entries are always written after the call is answered).
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::sync::mpsc;
@@ -24,6 +24,9 @@ const WINDOW: Duration = Duration::from_millis(5);
 pub struct AuditQueue {
     tx: mpsc::Sender<Event>,
     healthy: Arc<AtomicBool>,
+    /// Entries accepted, and entries whose commit has been attempted (for `flush`).
+    queued: Arc<AtomicU64>,
+    settled: Arc<AtomicU64>,
 }
 
 impl AuditQueue {
@@ -31,6 +34,8 @@ impl AuditQueue {
         let (tx, mut rx) = mpsc::channel::<Event>(QUEUE);
         let healthy = Arc::new(AtomicBool::new(true));
         let h = healthy.clone();
+        let (queued, settled) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+        let done = settled.clone();
         tokio::spawn(async move {
             let mut backlog = false;
             while let Some(first) = rx.recv().await {
@@ -47,6 +52,7 @@ impl AuditQueue {
                     }
                 }
                 backlog = events.len() == BATCH;
+                let n = events.len() as u64;
                 let g = gateway.clone();
                 let ok = tokio::task::spawn_blocking(move || {
                     g.store.write(|t| t.audit_all(events).map(drop))
@@ -60,9 +66,30 @@ impl AuditQueue {
                     );
                 }
                 h.store(ok, Ordering::SeqCst);
+                done.fetch_add(n, Ordering::SeqCst);
             }
         });
-        Self { tx, healthy }
+        Self {
+            tx,
+            healthy,
+            queued,
+            settled,
+        }
+    }
+
+    /// Waits (up to `limit`) until every entry accepted so far has been committed or has
+    /// failed to be: at shutdown, after the listeners drained, so calls answered during the
+    /// drain are in the log before `serve.stop`.
+    pub async fn flush(&self, limit: Duration) -> bool {
+        let target = self.queued.load(Ordering::SeqCst);
+        let deadline = tokio::time::Instant::now() + limit;
+        while self.settled.load(Ordering::SeqCst) < target {
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        true
     }
 
     /// Whether calls may proceed (I7: no audit, no action).
@@ -72,6 +99,10 @@ impl AuditQueue {
 
     /// Enqueues an entry; `false` when it cannot be recorded (the caller refuses the call).
     pub fn record(&self, e: Event) -> bool {
-        self.healthy() && self.tx.try_send(e).is_ok()
+        let ok = self.healthy() && self.tx.try_send(e).is_ok();
+        if ok {
+            self.queued.fetch_add(1, Ordering::SeqCst);
+        }
+        ok
     }
 }
