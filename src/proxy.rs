@@ -718,21 +718,31 @@ pub async fn handle(proxy: Arc<Proxy>, service: &str, req: Request<Incoming>) ->
         format!("upstream_{}", status.as_u16())
     };
     // The connection id lets the scope audit attribute exercised scopes (no extra write).
-    if !proxy.audit.record(
-        call_event(
-            &principal,
-            service,
-            tool.as_deref(),
-            message.as_ref(),
-            &outcome,
-            started,
+    let audit_call = |outcome: &str| {
+        proxy.audit.record(
+            call_event(
+                &principal,
+                service,
+                tool.as_deref(),
+                message.as_ref(),
+                outcome,
+                started,
+            )
+            .detail("connection", cred.conn.id.clone()),
         )
-        .detail("connection", cred.conn.id.clone()),
-    ) {
-        return plain(
+    };
+    let refused = || {
+        plain(
             StatusCode::SERVICE_UNAVAILABLE,
             "the audit log cannot be written; calls are refused\n",
-        );
+        )
+    };
+    let filter_tools = matches!(&message, Some(Message::Request { method, .. }) if method == "tools/list")
+        && principal.profile.is_some();
+    // A filtered tools/list is recorded once its answer is in (it can still fail or time out).
+    let deferred = filter_tools && outcome == "ok";
+    if !deferred && !audit_call(&outcome) {
+        return refused();
     }
     if status == StatusCode::UNAUTHORIZED {
         // Still refused after the one refresh (and, with DPoP, the one nonce retry). Upstream's
@@ -781,8 +791,6 @@ pub async fn handle(proxy: Arc<Proxy>, service: &str, req: Request<Incoming>) ->
     if is_sse {
         out = out.header("x-accel-buffering", "no");
     }
-    let filter_tools = matches!(&message, Some(Message::Request { method, .. }) if method == "tools/list")
-        && principal.profile.is_some();
     if filter_tools {
         // Filtering needs the whole (small) answer; everything else streams.
         let mut buf = Vec::new();
@@ -791,6 +799,7 @@ pub async fn handle(proxy: Arc<Proxy>, service: &str, req: Request<Incoming>) ->
         loop {
             let chunk = match tokio::time::timeout_at(deadline, stream.frame()).await {
                 Err(_) => {
+                    let _ = deferred && audit_call("upstream_timeout");
                     return plain(
                         StatusCode::GATEWAY_TIMEOUT,
                         "upstream did not finish its tools/list answer in time\n",
@@ -798,6 +807,7 @@ pub async fn handle(proxy: Arc<Proxy>, service: &str, req: Request<Incoming>) ->
                 }
                 Ok(None) => break,
                 Ok(Some(Err(_))) => {
+                    let _ = deferred && audit_call("upstream_stream_failed");
                     return plain(StatusCode::BAD_GATEWAY, "upstream stream failed\n");
                 }
                 Ok(Some(Ok(frame))) => match frame.into_data() {
@@ -806,12 +816,16 @@ pub async fn handle(proxy: Arc<Proxy>, service: &str, req: Request<Incoming>) ->
                 },
             };
             if buf.len() + chunk.len() > TOOLS_LIST_CAP {
+                let _ = deferred && audit_call("upstream_too_large");
                 return plain(
                     StatusCode::BAD_GATEWAY,
                     "upstream tools/list answer too large\n",
                 );
             }
             buf.extend_from_slice(&chunk);
+        }
+        if deferred && !audit_call("ok") {
+            return refused();
         }
         let filtered = filter_tools_list(&buf, is_sse, principal.profile.as_ref(), service);
         return out

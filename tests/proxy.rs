@@ -50,6 +50,11 @@ async fn upstream() -> (u16, Arc<Mutex<Seen>>) {
                         r.headers_mut().insert("mcp-session-id", format!("sess-{}", uuid::Uuid::new_v4()).parse().unwrap());
                         r
                     }
+                    // A list that starts and never finishes (its answer is buffered for filtering).
+                    Some("tools/list") if v["params"]["cursor"] == "hang" => axum::response::Response::builder()
+                        .header("content-type", "text/event-stream")
+                        .body(axum::body::Body::from_stream(silent_stream()))
+                        .unwrap(),
                     Some("tools/list") => json_resp(json!({"jsonrpc":"2.0","id":id,"result":{"tools":[{"name":"read_file"},{"name":"write_file"},{"name":"stream"}]}})),
                     Some("tools/call") => match v["params"]["name"].as_str() {
                         Some("hang") => {
@@ -597,6 +602,31 @@ async fn a_silent_stream_is_cut_after_the_idle_timeout() {
     let (mut a, mut b) = (open_stream(&e, &t, 2).await, open_stream(&e, &t, 3).await);
     assert_eq!((a.status().as_u16(), b.status().as_u16()), (200, 200));
     assert!(a.chunk().await.unwrap().is_some() && b.chunk().await.unwrap().is_some());
+}
+
+/// A filtered tools/list whose answer never completes gets 504, and the audit log says so
+/// (not "ok", which it would say if the call were recorded before its answer was in).
+#[tokio::test]
+async fn an_unfinished_filtered_tools_list_is_a_504_and_audited_as_one() {
+    let e = env().await;
+    let t = e.agent("lister", "alice", Some("readonly"));
+    let list = json!({"jsonrpc":"2.0","id":5,"method":"tools/list","params":{"cursor":"hang"}});
+    let t0 = Instant::now();
+    let (s, _, _) = e.call(&t, "files", list, &[]).await;
+    assert_eq!(s, 504);
+    assert!(t0.elapsed() < Duration::from_secs(6));
+    let audit = e
+        .inst
+        .audit_until(|a| a.contains("agent:lister") && a.contains("upstream_timeout"));
+    let mine: Vec<&str> = audit
+        .lines()
+        .filter(|l| l.contains("agent:lister"))
+        .collect();
+    assert_eq!(mine.len(), 1, "{audit}");
+    assert!(
+        mine[0].contains("upstream_timeout") && mine[0].contains("tools/list"),
+        "{audit}"
+    );
 }
 
 async fn open_stream(e: &Env, token: &str, id: u64) -> reqwest::Response {
