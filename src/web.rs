@@ -237,6 +237,17 @@ pub async fn serve_threads(
                 .name(format!("scopegate-http-{i}"))
                 .spawn(move || {
                     rt.block_on(async move {
+                        // A timer always due within a second: hyper arms a header-read timer
+                        // (10 s) per request, and on an idle loop an earlier-than-any deadline
+                        // makes tokio's timer wake its own event loop (an eventfd write and an
+                        // extra epoll round per call, seen with perf). With this tick pending,
+                        // those timers are never the earliest.
+                        tokio::spawn(async {
+                            let mut tick = tokio::time::interval(Duration::from_secs(1));
+                            loop {
+                                tick.tick().await;
+                            }
+                        });
                         match TcpListener::from_std(l) {
                             Ok(l) => serve(l, app, limits, slots, stop).await,
                             Err(e) => tracing::error!(error = %e, "cannot listen on this thread"),
