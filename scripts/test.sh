@@ -6,13 +6,14 @@ cd "$(dirname "$0")/.."
 
 # Debian packages the tests drive: systemd-analyze (unit check), setpriv (other-uid socket
 # check), chromium (the connect page end to end), node and npm (the interop peers), tmux (the
-# console end to end).
+# console end to end), openssl (a self-signed certificate for the TLS upstream test).
 need=()
 command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
 command -v setpriv >/dev/null 2>&1 || need+=(util-linux)
 [ -x /usr/bin/chromium ] || need+=(chromium)
 command -v node >/dev/null 2>&1 || need+=(nodejs npm)
 command -v tmux >/dev/null 2>&1 || need+=(tmux)
+command -v openssl >/dev/null 2>&1 || need+=(openssl)
 python3 -m pip --version >/dev/null 2>&1 || need+=(python3-pip)
 if [ "${#need[@]}" -gt 0 ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
   echo "test.sh: installing ${need[*]}"

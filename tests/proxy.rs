@@ -629,6 +629,109 @@ async fn an_unfinished_filtered_tools_list_is_a_504_and_audited_as_one() {
     );
 }
 
+/// An HTTPS upstream is reached over TLS with its certificate verified: one whose certificate
+/// no trusted root vouches for (self-signed here) gets 502, the handshake is aborted by the
+/// gateway, and no request (so no credential) reaches it.
+#[tokio::test]
+async fn an_https_upstream_with_an_untrusted_certificate_gets_nothing() {
+    use tokio_rustls::rustls::pki_types::pem::PemObject;
+    use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (dir.path().join("c.pem"), dir.path().join("k.pem"));
+    let ok = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+        ])
+        .args([
+            "-days",
+            "1",
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            "subjectAltName=DNS:localhost",
+        ])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .unwrap();
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    let _ = tokio_rustls::rustls::crypto::ring::default_provider().install_default();
+    let tls = tokio_rustls::rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![CertificateDer::from_pem_file(&cert).unwrap()],
+            PrivateKeyDer::from_pem_file(&key).unwrap(),
+        )
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let outcomes = Arc::new(Mutex::new(Vec::<Result<usize, String>>::new()));
+    let o2 = outcomes.clone();
+    tokio::spawn(async move {
+        while let Ok((sock, _)) = listener.accept().await {
+            let r = match acceptor.accept(sock).await {
+                // A completed handshake: count what the client managed to send.
+                Ok(mut s) => {
+                    use tokio::io::AsyncReadExt;
+                    let mut buf = vec![0u8; 4096];
+                    Ok(s.read(&mut buf).await.unwrap_or(0))
+                }
+                Err(e) => Err(e.to_string()),
+            };
+            o2.lock().unwrap().push(r);
+        }
+    });
+    let gw = free_port();
+    let inst = Instance::init_with(&format!(
+        "listen = \"127.0.0.1:{gw}\"\n[services.tls]\nkind = \"api_key\"\nmcp_url = \"https://localhost:{port}/mcp\"\nheader = \"X-API-Key\"\n"
+    ));
+    let _server = inst.start();
+    inst.ok(&["user", "add", "alice"], b"");
+    inst.ok(
+        &["apikey", "set", "tls", "--user", "alice"],
+        KEY_A.as_bytes(),
+    );
+    let token = inst
+        .ok(&["agent", "add", "a", "--user", "alice"], b"")
+        .trim()
+        .to_owned();
+    let r = reqwest::Client::new()
+        .post(format!("http://127.0.0.1:{gw}/mcp/tls"))
+        .bearer_auth(&token)
+        .header("content-type", "application/json")
+        .body(call(1, "read_file").to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 502);
+    let body = r.text().await.unwrap();
+    assert!(!body.contains(KEY_A));
+    // The server records its side of the handshake a moment after the gateway gave up.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while outcomes.lock().unwrap().is_empty() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let seen = outcomes.lock().unwrap().clone();
+    assert!(!seen.is_empty(), "the gateway never connected");
+    assert!(
+        seen.iter().all(|o| o.is_err()),
+        "a handshake with an untrusted certificate completed: {seen:?}"
+    );
+}
+
 async fn open_stream(e: &Env, token: &str, id: u64) -> reqwest::Response {
     e.http
         .post(format!("{}/mcp/files", e.base))
