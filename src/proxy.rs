@@ -408,6 +408,14 @@ fn sensitive(scheme: &[u8], secret: &[u8]) -> Result<HeaderValue, StatusCode> {
     Ok(h)
 }
 
+/// I7: no audit, no action.
+fn audit_unavailable() -> Response {
+    plain(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "the audit log cannot be written; calls are refused\n",
+    )
+}
+
 fn json_response(status: StatusCode, body: Vec<u8>) -> Response {
     let mut r = (status, body).into_response();
     r.headers_mut().insert(
@@ -513,10 +521,7 @@ pub async fn handle(proxy: Arc<Proxy>, service: &str, req: Request<Incoming>) ->
         return plain(StatusCode::NOT_FOUND, "no such service\n");
     };
     if !proxy.audit.healthy() {
-        return plain(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "the audit log cannot be written; calls are refused\n",
-        );
+        return audit_unavailable();
     }
     let version = headers
         .get("mcp-protocol-version")
@@ -587,25 +592,25 @@ pub async fn handle(proxy: Arc<Proxy>, service: &str, req: Request<Incoming>) ->
         }) if method == "tools/call" => Some(t.clone()),
         _ => None,
     };
+    // Every outcome of this call is audited alike: who, what, how it ended (never arguments).
+    let event = |outcome: &str| {
+        call_event(
+            &principal,
+            service,
+            tool.as_deref(),
+            message.as_ref(),
+            outcome,
+            started,
+        )
+    };
     let decision = match &tool {
         Some(t) => policy::tool_allowed(principal.profile.as_ref(), service, t),
         None => policy::service_allowed(principal.profile.as_ref(), service),
     };
     if let Decision::Deny(reason) = decision {
         // I12: answered here; nothing reaches upstream.
-        let event = call_event(
-            &principal,
-            service,
-            tool.as_deref(),
-            message.as_ref(),
-            "denied",
-            started,
-        );
-        if !proxy.audit.record(event) {
-            return plain(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "the audit log cannot be written; calls are refused\n",
-            );
+        if !proxy.audit.record(event("denied")) {
+            return audit_unavailable();
         }
         return json_response(
             StatusCode::OK,
@@ -631,15 +636,7 @@ pub async fn handle(proxy: Arc<Proxy>, service: &str, req: Request<Incoming>) ->
     let mut cred = match proxy.credential(&principal, service).await {
         Some(c) => c,
         None => {
-            let event = call_event(
-                &principal,
-                service,
-                tool.as_deref(),
-                message.as_ref(),
-                "needs_connection",
-                started,
-            );
-            let _ = proxy.audit.record(event);
+            let _ = proxy.audit.record(event("needs_connection"));
             return reconnect_answer(&proxy, service, &id, message.as_ref(), version);
         }
     };
@@ -657,14 +654,7 @@ pub async fn handle(proxy: Arc<Proxy>, service: &str, req: Request<Incoming>) ->
                 } else {
                     "upstream_unreachable"
                 };
-                let _ = proxy.audit.record(call_event(
-                    &principal,
-                    service,
-                    tool.as_deref(),
-                    message.as_ref(),
-                    outcome,
-                    started,
-                ));
+                let _ = proxy.audit.record(event(outcome));
                 return plain(
                     status,
                     if status == StatusCode::GATEWAY_TIMEOUT {
@@ -719,30 +709,16 @@ pub async fn handle(proxy: Arc<Proxy>, service: &str, req: Request<Incoming>) ->
     };
     // The connection id lets the scope audit attribute exercised scopes (no extra write).
     let audit_call = |outcome: &str| {
-        proxy.audit.record(
-            call_event(
-                &principal,
-                service,
-                tool.as_deref(),
-                message.as_ref(),
-                outcome,
-                started,
-            )
-            .detail("connection", cred.conn.id.clone()),
-        )
-    };
-    let refused = || {
-        plain(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "the audit log cannot be written; calls are refused\n",
-        )
+        proxy
+            .audit
+            .record(event(outcome).detail("connection", cred.conn.id.clone()))
     };
     let filter_tools = matches!(&message, Some(Message::Request { method, .. }) if method == "tools/list")
         && principal.profile.is_some();
     // A filtered tools/list is recorded once its answer is in (it can still fail or time out).
     let deferred = filter_tools && outcome == "ok";
     if !deferred && !audit_call(&outcome) {
-        return refused();
+        return audit_unavailable();
     }
     if status == StatusCode::UNAUTHORIZED {
         // Still refused after the one refresh (and, with DPoP, the one nonce retry). Upstream's
@@ -825,7 +801,7 @@ pub async fn handle(proxy: Arc<Proxy>, service: &str, req: Request<Incoming>) ->
             buf.extend_from_slice(&chunk);
         }
         if deferred && !audit_call("ok") {
-            return refused();
+            return audit_unavailable();
         }
         let filtered = filter_tools_list(&buf, is_sse, principal.profile.as_ref(), service);
         return out
