@@ -732,6 +732,32 @@ async fn an_https_upstream_with_an_untrusted_certificate_gets_nothing() {
     );
 }
 
+/// Calls answered just before a SIGTERM are in the audit log after the stop, ahead of
+/// `serve.stop`: the per-call queue is flushed after the drain, not dropped with it.
+#[tokio::test]
+async fn calls_answered_before_a_stop_are_audited() {
+    let mut e = env().await;
+    let t = e.agent("last", "alice", None);
+    for id in 0..20 {
+        let (s, _, _) = e.call(&t, "files", call(id, "read_file"), &[]).await;
+        assert_eq!(s, 200);
+    }
+    assert!(e._server.term().success());
+    let audit = e.inst.ok(&["audit", "list"], b"");
+    let calls = audit.lines().filter(|l| l.contains("agent:last")).count();
+    assert_eq!(calls, 20, "{audit}");
+    let stop = audit
+        .lines()
+        .position(|l| l.contains("serve.stop"))
+        .unwrap();
+    let lines: Vec<&str> = audit.lines().collect();
+    let last_call = lines
+        .iter()
+        .rposition(|l| l.contains("agent:last"))
+        .unwrap();
+    assert!(last_call < stop, "{audit}");
+}
+
 async fn open_stream(e: &Env, token: &str, id: u64) -> reqwest::Response {
     e.http
         .post(format!("{}/mcp/files", e.base))

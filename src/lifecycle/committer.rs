@@ -114,21 +114,25 @@ impl Committer {
 }
 
 /// `first` and whatever else arrives within `window`, up to `max`: a burst shares one
-/// durable commit (the refresh committer and the proxy's audit queue).
+/// durable commit (the refresh committer and the proxy's audit queue). It sleeps through the
+/// window with the receiver unpolled and then drains, so senders wake nobody meanwhile (waiting
+/// on each item cost the proxy a cross-thread wake-up per call); with `max` already queued it
+/// does not wait at all.
 pub(crate) async fn gather<T>(
     rx: &mut mpsc::Receiver<T>,
     first: T,
     max: usize,
     window: Duration,
 ) -> Vec<T> {
+    if rx.len() + 1 < max {
+        tokio::time::sleep(window).await;
+    }
     let mut batch = Vec::with_capacity(max.min(64));
     batch.push(first);
-    let deadline = tokio::time::sleep(window);
-    tokio::pin!(deadline);
     while batch.len() < max {
-        tokio::select! {
-            item = rx.recv() => match item { Some(i) => batch.push(i), None => break },
-            () = &mut deadline => break,
+        match rx.try_recv() {
+            Ok(i) => batch.push(i),
+            Err(_) => break,
         }
     }
     batch

@@ -2,10 +2,10 @@
 //! gathered in a single durable transaction (one fsync for many calls). Fail closed: when the
 //! queue is full or the last commit failed, new calls are refused until a commit succeeds.
 //!
-//! The committer wakes once per batch, not once per call: after the first entry of a batch it
-//! sleeps for `WINDOW` (its receiver unpolled, so enqueuing wakes nobody) and then takes
-//! whatever is queued. A crash loses at most the entries of the last `WINDOW` plus one commit,
-//! as before (entries are always written after the call is answered).
+//! The committer wakes once per batch, not once per call (`gather` sleeps through `WINDOW`,
+//! then takes whatever is queued). A crash loses at most the entries of the last `WINDOW`
+//! plus one commit, as before (entries are always written after the call is answered); a
+//! clean stop loses none (`flush`).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -14,6 +14,7 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 
 use crate::gateway::Gateway;
+use crate::lifecycle::committer::gather;
 use crate::store::audit::Event;
 
 const QUEUE: usize = 8192;
@@ -37,21 +38,8 @@ impl AuditQueue {
         let (queued, settled) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
         let done = settled.clone();
         tokio::spawn(async move {
-            let mut backlog = false;
             while let Some(first) = rx.recv().await {
-                // Let a batch gather, unless the last one was full (then there is one already).
-                if !backlog {
-                    tokio::time::sleep(WINDOW).await;
-                }
-                let mut events = Vec::with_capacity(64);
-                events.push(first);
-                while events.len() < BATCH {
-                    match rx.try_recv() {
-                        Ok(e) => events.push(e),
-                        Err(_) => break,
-                    }
-                }
-                backlog = events.len() == BATCH;
+                let events = gather(&mut rx, first, BATCH, WINDOW).await;
                 let n = events.len() as u64;
                 let g = gateway.clone();
                 let ok = tokio::task::spawn_blocking(move || {
