@@ -10,10 +10,11 @@ pub enum Decision {
     Deny(String),
 }
 
-/// `SERVICE` or `SERVICE:TOOL_GLOB` (as in `profile add --allow`).
+/// `SERVICE` or `SERVICE:TOOL_GLOB[,TOOL_GLOB...]` (as `profile add --allow` takes it, and as
+/// `describe` writes it, so a rule read back from a profile parses to itself).
 pub fn parse_rule(s: &str) -> Result<ProfileRule, String> {
-    let (service, tool) = match s.split_once(':') {
-        Some((svc, glob)) => (svc, Some(glob)),
+    let (service, globs) = match s.split_once(':') {
+        Some((svc, globs)) => (svc, Some(globs)),
         None => (s, None),
     };
     let name_ok = |x: &str, extra: &[u8]| {
@@ -25,22 +26,26 @@ pub fn parse_rule(s: &str) -> Result<ProfileRule, String> {
     if !name_ok(service, b"") {
         return Err(format!("{s:?}: a rule is SERVICE or SERVICE:TOOL_GLOB"));
     }
-    match tool {
-        Some(g) if !name_ok(g, b"*?/") => Err(format!(
-            "{s:?}: tool globs use letters, digits, - _ . / and the wildcards * ?"
-        )),
-        Some(g) => Ok(ProfileRule {
-            service: service.into(),
-            tools: vec![g.into()],
-        }),
-        None => Ok(ProfileRule {
+    let Some(globs) = globs else {
+        return Ok(ProfileRule {
             service: service.into(),
             tools: Vec::new(),
-        }),
+        });
+    };
+    let tools: Vec<String> = globs.split(',').map(str::to_owned).collect();
+    if tools.len() > 64 || !tools.iter().all(|g| name_ok(g, b"*?/")) {
+        return Err(format!(
+            "{s:?}: tool globs use letters, digits, - _ . / and the wildcards * ?, separated by commas"
+        ));
     }
+    Ok(ProfileRule {
+        service: service.into(),
+        tools,
+    })
 }
 
-/// A rule as `profile add --allow` takes it: `SERVICE` or `SERVICE:GLOB,GLOB`.
+/// A rule as `profile add --allow` takes it: `SERVICE` or `SERVICE:GLOB,GLOB` (`parse_rule`
+/// reads it back).
 pub fn describe(rule: &ProfileRule) -> String {
     if rule.tools.is_empty() {
         rule.service.clone()
@@ -183,8 +188,33 @@ mod tests {
 
     #[test]
     fn rules_are_validated() {
-        for bad in ["", ":x", "files:", "fi les", "files:rm -rf"] {
+        for bad in [
+            "",
+            ":x",
+            "files:",
+            "fi les",
+            "files:rm -rf",
+            "files:a,",
+            "files:,a",
+            "files:a,,b",
+            "files:a;b",
+        ] {
             assert!(parse_rule(bad).is_err(), "{bad:?}");
         }
+    }
+
+    /// Regression: the console pre-fills a profile's rules as `describe` writes them; a
+    /// service with several globs (`files:read_*,list_*`) must parse back to the same rule.
+    #[test]
+    fn described_rules_parse_back_to_themselves() {
+        let p = profile(&["files:read_*", "files:list_*", "search", "mail:get?"]);
+        assert_eq!(p.rules.len(), 3, "same-service rules are merged");
+        for rule in &p.rules {
+            assert_eq!(parse_rule(&describe(rule)).as_ref(), Ok(rule));
+        }
+        assert_eq!(
+            parse_rule("files:read_*,list_*").unwrap().tools,
+            ["read_*", "list_*"]
+        );
     }
 }

@@ -2,6 +2,8 @@
 //! playwright-core) against `serve --dev`: login link → Connect → consent → connected.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+#[path = "support/browser.rs"]
+mod browser;
 #[path = "support/harness.rs"]
 mod harness;
 
@@ -121,107 +123,10 @@ fn dev_mode_loop_ends_in_a_working_tool_call() {
             format!("{base}/connect")
         );
         // Connect as the browser would (the demo provider's consent, demo.read only).
-        let nav = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .unwrap();
-        let page = nav.get(&link).send().await.unwrap().text().await.unwrap();
-        let login_token = page
-            .split("name=\"token\" value=\"")
-            .nth(1)
-            .unwrap()
-            .split('"')
-            .next()
-            .unwrap()
-            .to_owned();
-        let r = nav
-            .post(format!("{base}/login"))
-            .form(&[("token", login_token.as_str())])
-            .send()
-            .await
-            .unwrap();
-        let cookie = r
-            .headers()
-            .get("set-cookie")
-            .unwrap()
-            .to_str()
-            .unwrap()
-            .split(';')
-            .next()
-            .unwrap()
-            .to_owned();
-        let page = nav
-            .get(format!("{base}/connect"))
-            .header("cookie", &cookie)
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        let csrf = page
-            .split("name=\"csrf\" value=\"")
-            .nth(1)
-            .unwrap()
-            .split('"')
-            .next()
-            .unwrap()
-            .to_owned();
-        let r = nav
-            .post(format!("{base}/connect/demo"))
-            .header("cookie", &cookie)
-            .form(&[("csrf", csrf.as_str())])
-            .send()
-            .await
-            .unwrap();
-        let authorize = r
-            .headers()
-            .get("location")
-            .unwrap()
-            .to_str()
-            .unwrap()
-            .to_owned();
-        let consent = nav
-            .get(&authorize)
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        let id = consent
-            .split("name=\"id\" value=\"")
-            .nth(1)
-            .unwrap()
-            .split('"')
-            .next()
-            .unwrap()
-            .to_owned();
-        let r = nav
-            .post(format!("{base}/demo/oauth/decide"))
-            .form(&[
-                ("id", id.as_str()),
-                ("decision", "approve"),
-                ("account", "ada"),
-                ("scope", "demo.read"),
-            ])
-            .send()
-            .await
-            .unwrap();
-        let callback = r
-            .headers()
-            .get("location")
-            .unwrap()
-            .to_str()
-            .unwrap()
-            .to_owned();
-        let r = nav
-            .get(&callback)
-            .header("cookie", &cookie)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 303);
+        assert_eq!(
+            browser::connect_demo(&base, &link, "ada", &["demo.read"]).await,
+            303
+        );
         // Now the tool call works, with the user's token, not the agent's.
         let v = call(whoami).await;
         assert_eq!(

@@ -1,10 +1,13 @@
 //! The console end to end, as an admin uses it: `scopegate console` in a real terminal (tmux,
 //! driven with send-keys and read with capture-pane) against a running `serve --dev`. The
-//! connections view lists the demo connection; revoking it from the console shows in
-//! `connection list --json` and in the console's audit view. Needs tmux (scripts/test.sh
+//! connections view lists the demo OAuth connection with its expiry counting down; refresh
+//! now makes a token request; a profile is saved unchanged and then narrowed; revoking the
+//! connection shows in `connection list --json` and in the console's audit view. Needs tmux (scripts/test.sh
 //! installs it); without it this test fails rather than skips.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+#[path = "support/browser.rs"]
+mod browser;
 #[path = "support/harness.rs"]
 mod harness;
 
@@ -75,8 +78,22 @@ fn admin(data: &str, args: &[&str], stdin: &[u8]) -> String {
     String::from_utf8(o.stdout).unwrap()
 }
 
+/// The `MMmSSs` countdown of the access token's expiry on the demo connection's row.
+fn expiry_on(screen: &str) -> Option<String> {
+    screen
+        .lines()
+        .find(|l| l.contains("demo") && l.contains("active"))?
+        .split_whitespace()
+        .find(|w| {
+            w.ends_with('s')
+                && w.contains('m')
+                && w.bytes().next().is_some_and(|b| b.is_ascii_digit())
+        })
+        .map(str::to_owned)
+}
+
 #[test]
-fn console_lists_and_revokes_the_demo_connection() {
+fn console_lists_refreshes_edits_and_revokes_against_serve_dev() {
     let tmp = tempfile::tempdir().unwrap();
     let (mut child, out) = harness::start_dev(tmp.path());
     let data = out
@@ -84,15 +101,44 @@ fn console_lists_and_revokes_the_demo_connection() {
         .find_map(|l| l.strip_prefix("scopegate: admin commands: export SCOPEGATE_DATA_DIR="))
         .unwrap()
         .to_owned();
+    let link = out
+        .lines()
+        .find_map(|l| l.split(": ").last().filter(|x| x.contains("/login?token=")))
+        .unwrap()
+        .to_owned();
+    let base = link.split("/login").next().unwrap().to_owned();
+    // The demo user connects `demo` through the browser flow (OAuth, 1-hour tokens).
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    assert_eq!(
+        rt.block_on(browser::connect_demo(
+            &base,
+            &link,
+            "ada",
+            &["demo.read", "demo.write"]
+        )),
+        303
+    );
+    let list = || -> Vec<serde_json::Value> {
+        serde_json::from_str(&admin(&data, &["connection", "list", "--json"], b"")).unwrap()
+    };
+    let conns = list();
+    assert_eq!(conns.len(), 1);
+    assert_eq!(conns[0]["service"], "demo");
+    let id = conns[0]["id"].as_str().unwrap().to_owned();
+    // Two globs for one service: the profile holds them as one rule, `demo:whoami,echo`.
     admin(
         &data,
-        &["apikey", "set", "demo-search", "--user", "demo"],
-        b"demo-key-not-shown",
+        &[
+            "profile",
+            "add",
+            "readers",
+            "--allow",
+            "demo:whoami",
+            "--allow",
+            "demo:echo",
+        ],
+        b"",
     );
-    let conns: Vec<serde_json::Value> =
-        serde_json::from_str(&admin(&data, &["connection", "list", "--json"], b"")).unwrap();
-    assert_eq!(conns.len(), 1);
-    let id = conns[0]["id"].as_str().unwrap().to_owned();
 
     let tmux = Tmux {
         socket: tmp.path().join("tmux.sock"),
@@ -117,23 +163,69 @@ fn console_lists_and_revokes_the_demo_connection() {
         "tmux new-session: {}",
         String::from_utf8_lossy(&started.stderr)
     );
-    // The connections view lists the demo user's connection, at 80x24.
-    let s = tmux.wait_for(&["Connections", "demo", "demo-search", "active"]);
-    assert!(
-        !s.contains("demo-key-not-shown"),
-        "a secret on screen:\n{s}"
-    );
+    // The connections view lists the demo connection, at 80x24, its expiry counting down.
+    let s = tmux.wait_for(&["Connections", "demo", "active", "demo.read"]);
+    let first = expiry_on(&s).unwrap_or_else(|| panic!("no expiry countdown:\n{s}"));
+    assert!(first.starts_with("59m"), "{first}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while expiry_on(&tmux.screen()).as_deref() == Some(first.as_str()) {
+        assert!(Instant::now() < deadline, "the expiry did not count down");
+        std::thread::sleep(Duration::from_millis(200));
+    }
 
-    // Revoke it, with confirmation.
+    // Refresh now: a token request at the demo provider, seen in `connection list --json`.
+    let before = list()[0]["last_refresh"].clone();
+    tmux.keys(&["r"]);
+    tmux.wait_for(&[&format!("refreshed connection {id}")]);
+    let after = list()[0]["last_refresh"].clone();
+    assert!(after.is_string() && after != before, "{before} -> {after}");
+
+    // Profiles: saving a multi-glob rule unchanged round-trips, and an edit narrows it.
+    let profile = || -> serde_json::Value {
+        let v: serde_json::Value =
+            serde_json::from_str(&admin(&data, &["profile", "list", "--json"], b"")).unwrap();
+        v[0]["rules"].clone()
+    };
+    let rules = profile();
+    assert_eq!(rules[0]["tools"], serde_json::json!(["whoami", "echo"]));
+    tmux.keys(&["Tab"]);
+    tmux.keys(&["Tab"]);
+    tmux.wait_for(&["readers", "demo:whoami,echo"]);
+    tmux.keys(&["e"]);
+    tmux.keys(&["Enter"]);
+    tmux.wait_for(&["saved profile readers"]);
+    assert_eq!(profile(), rules);
+    tmux.keys(&["e"]);
+    for _ in 0..",echo".len() {
+        tmux.keys(&["BSpace"]);
+    }
+    tmux.keys(&["Enter"]);
+    tmux.wait_for(&["demo:whoami "]);
+    assert_eq!(profile()[0]["tools"], serde_json::json!(["whoami"]));
+    tmux.keys(&["BTab"]);
+    tmux.keys(&["BTab"]);
+
+    // Revoke the connection, with confirmation.
+    tmux.wait_for(&["Connections", "active"]);
     tmux.keys(&["d"]);
-    tmux.wait_for(&["Revoke the connection of demo on demo-search"]);
+    tmux.wait_for(&["Revoke the connection of demo on demo"]);
     tmux.keys(&["y"]);
     tmux.wait_for(&[&format!("revoked connection {id}")]);
-    tmux.wait_for(&["revoked"]);
-    let conns: Vec<serde_json::Value> =
-        serde_json::from_str(&admin(&data, &["connection", "list", "--json"], b"")).unwrap();
+    let conns = list();
     assert_eq!(conns[0]["status"], "revoked", "{conns:?}");
     assert_eq!(conns[0]["status_reason"], "revoked by admin");
+    // The row itself then says so (the status line above is not the row).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let s = tmux.screen();
+        if s.lines()
+            .any(|l| l.contains("demo") && l.contains("revoked") && !l.contains(&id))
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the row still says active:\n{s}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
 
     // The audit view (live tail) shows the revocation; the filter finds it.
     tmux.keys(&["BTab"]);
@@ -143,7 +235,7 @@ fn console_lists_and_revokes_the_demo_connection() {
     tmux.keys(&["Enter"]);
     let s = tmux.wait_for(&["/action:revoke", "connection.revoke"]);
     assert!(
-        !s.contains("apikey.set"),
+        !s.contains("profile.edit"),
         "the filter let other actions through:\n{s}"
     );
     tmux.keys(&["Enter"]);

@@ -130,3 +130,28 @@ pub fn free_port() -> u16 {
         .unwrap()
         .port()
 }
+
+/// The user's half of `serve --dev`'s loop, as a browser walks it: the printed login link, the
+/// Connect button on `demo`, the demo provider's consent (as `account`, approving `scopes`),
+/// then the gateway's callback. Returns the callback's status (303 when connected).
+pub async fn connect_demo(base: &str, login_link: &str, account: &str, scopes: &[&str]) -> u16 {
+    let mut b = Browser::new();
+    let page = b.get(login_link).await;
+    let token = Browser::form_value(&page.body, "token");
+    b.post(&format!("{base}/login"), &[("token", &token)]).await;
+    let page = b.get(&format!("{base}/connect")).await;
+    let csrf = Browser::form_value(&page.body, "csrf");
+    let r = b
+        .post(&format!("{base}/connect/demo"), &[("csrf", &csrf)])
+        .await;
+    let consent = b.get(&r.location.expect("connect redirects")).await;
+    let id = Browser::form_value(&consent.body, "id");
+    let mut form = vec![
+        ("id", id.as_str()),
+        ("decision", "approve"),
+        ("account", account),
+    ];
+    form.extend(scopes.iter().map(|s| ("scope", *s)));
+    let r = b.post(&format!("{base}/demo/oauth/decide"), &form).await;
+    b.get(&r.location.expect("consent redirects")).await.status
+}
