@@ -63,7 +63,12 @@ enum Command {
     #[command(subcommand)]
     Scopes(ScopesCmd),
     /// The admin console (a terminal UI on the running server's admin socket)
-    Console,
+    Console {
+        /// Scroll lists with the mouse wheel (off by default: capturing the
+        /// mouse stops the terminal's own text selection, e.g. of a narrowing link)
+        #[arg(long)]
+        mouse: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -185,7 +190,7 @@ enum AuditCmd {
 pub fn run(cli: Cli) -> ExitCode {
     let serving = matches!(cli.command, Command::Serve { .. });
     // The console owns the terminal: its logs would scribble over the screen.
-    let quiet = matches!(cli.command, Command::Console);
+    let quiet = matches!(cli.command, Command::Console { .. });
     if !quiet {
         init_logging(serving);
     }
@@ -205,7 +210,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Agent(c) => manage::agent(&data_dir, c),
         Command::Profile(c) => manage::profile(&data_dir, c),
         Command::Scopes(c) => manage::scopes(&data_dir, c),
-        Command::Console => crate::console::run(&data_dir.socket_path()),
+        Command::Console { mouse } => crate::console::run(&data_dir.socket_path(), mouse),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

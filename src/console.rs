@@ -20,7 +20,7 @@ use model::{Model, Msg, update};
 /// One frame's wait for input; also the clock's tick.
 const TICK: Duration = Duration::from_millis(250);
 
-pub fn run(socket: &Path) -> anyhow::Result<()> {
+pub fn run(socket: &Path, mouse: bool) -> anyhow::Result<()> {
     // Fail before taking over the terminal when no server answers.
     crate::admin::client::call::<crate::admin::proto::Status>(
         socket,
@@ -29,9 +29,30 @@ pub fn run(socket: &Path) -> anyhow::Result<()> {
     let color = std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     // `ratatui::try_init` also installs a panic hook that restores the terminal first.
     let mut terminal = ratatui::try_init().context("cannot take over the terminal")?;
+    if mouse {
+        use ratatui::crossterm::{event::EnableMouseCapture, execute};
+        // Released on panic too, before ratatui's hook restores the rest of the terminal.
+        let next = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            release_mouse();
+            next(info);
+        }));
+        if let Err(e) = execute!(std::io::stdout(), EnableMouseCapture) {
+            ratatui::restore();
+            return Err(e).context("cannot capture the mouse");
+        }
+    }
     let result = event_loop(&mut terminal, socket, color);
+    if mouse {
+        release_mouse();
+    }
     ratatui::restore();
     result
+}
+
+fn release_mouse() {
+    use ratatui::crossterm::{event::DisableMouseCapture, execute};
+    let _ = execute!(std::io::stdout(), DisableMouseCapture);
 }
 
 fn event_loop(
@@ -50,11 +71,13 @@ fn event_loop(
         terminal.draw(|f| view::render(&m, f))?;
         let mut msgs = Vec::new();
         let wait = TICK.saturating_sub(last_tick.elapsed());
-        if event::poll(wait)?
-            && let Event::Key(k) = event::read()?
-            && let Some(msg) = keymap::to_msg(&m, k)
-        {
-            msgs.push(msg);
+        if event::poll(wait)? {
+            let msg = match event::read()? {
+                Event::Key(k) => keymap::to_msg(&m, k),
+                Event::Mouse(e) => keymap::mouse_to_msg(&m, e),
+                _ => None,
+            };
+            msgs.extend(msg);
         }
         if last_tick.elapsed() >= TICK {
             last_tick = std::time::Instant::now();

@@ -81,6 +81,15 @@ const MICROSOFT: &[(&str, &str)] = &[
     ("Tasks.ReadWrite", "Tasks.Read"),
 ];
 
+/// How a scope reads in a narrow column: Google's and Microsoft Graph's scope URLs without
+/// their shared prefix (the detail view and `scopes report` show them whole).
+pub fn short_form(scope: &str) -> &str {
+    scope
+        .strip_prefix(GOOGLE_PREFIX)
+        .or_else(|| scope.strip_prefix("https://graph.microsoft.com/"))
+        .unwrap_or(scope)
+}
+
 /// What one provider knows about its scopes.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Hierarchy {

@@ -202,7 +202,60 @@ fn console_lists_refreshes_edits_and_revokes_against_serve_dev() {
     tmux.keys(&["Enter"]);
     tmux.wait_for(&["demo:whoami "]);
     assert_eq!(profile()[0]["tools"], serde_json::json!(["whoami"]));
+
+    // Agents: add one on the narrowed profile; its token, shown once, works through the
+    // gateway for the allowed tool only; revoking it from the console refuses it at once.
     tmux.keys(&["BTab"]);
+    tmux.wait_for(&["agents (1)", "demo-agent"]);
+    tmux.keys(&["a"]);
+    tmux.keys(&["-l", "ci-bot demo readers"]);
+    tmux.keys(&["Enter"]);
+    let s = tmux.wait_for(&["shown this once"]);
+    let token = s
+        .split(|c: char| c.is_whitespace() || c == '│')
+        .find(|w| w.starts_with("sga_"))
+        .unwrap_or_else(|| panic!("no token on screen:\n{s}"))
+        .to_owned();
+    tmux.keys(&["Enter"]);
+    tmux.wait_for(&["agents (2)", "ci-bot"]);
+    assert!(
+        !tmux.screen().contains(&token),
+        "the token stayed on screen"
+    );
+    let call = |tool: &str| -> (u16, String) {
+        let body = serde_json::json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+            "params": {"name": tool, "arguments": {"text": "hi"}}});
+        rt.block_on(async {
+            let r = reqwest::Client::new()
+                .post(format!("{base}/mcp/demo"))
+                .bearer_auth(&token)
+                .header("content-type", "application/json")
+                .header("accept", "application/json, text/event-stream")
+                .header("mcp-protocol-version", "2025-11-25")
+                .body(body.to_string())
+                .send()
+                .await
+                .unwrap();
+            (r.status().as_u16(), r.text().await.unwrap())
+        })
+    };
+    let (status, body) = call("whoami");
+    assert!(status == 200 && body.contains("ada"), "{status} {body}");
+    let (status, body) = call("echo");
+    assert!(
+        status == 200 && body.contains("profile readers does not allow tool echo"),
+        "the console's narrowing did not reach the proxy: {status} {body}"
+    );
+    tmux.keys(&["/"]);
+    tmux.keys(&["-l", "ci-bot"]);
+    tmux.keys(&["Enter"]);
+    tmux.wait_for(&["agents (1 of 2)"]);
+    tmux.keys(&["d"]);
+    tmux.wait_for(&["Revoke agent ci-bot?"]);
+    tmux.keys(&["y"]);
+    tmux.wait_for(&["revoked agent ci-bot"]);
+    assert_eq!(call("whoami").0, 401);
+    tmux.keys(&["Escape"]);
     tmux.keys(&["BTab"]);
 
     // Revoke the connection, with confirmation.
@@ -241,6 +294,9 @@ fn console_lists_refreshes_edits_and_revokes_against_serve_dev() {
     tmux.keys(&["Enter"]);
     tmux.wait_for(&["audit entry", &id]);
     tmux.keys(&["Escape"]);
+    // The chain check, run by the server, reported in the view.
+    tmux.keys(&["v"]);
+    tmux.wait_for(&["audit verify: intact"]);
 
     // q quits and gives the terminal back.
     tmux.keys(&["q"]);

@@ -1,7 +1,9 @@
 //! Keys → messages, from one table that also produces the `?` help and the hint bar, so the
 //! help can never disagree with what the keys do.
 
-use ratatui::crossterm::event::{KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
+use ratatui::crossterm::event::{
+    KeyCode, KeyEvent, KeyEventKind, KeyModifiers, MouseEvent, MouseEventKind,
+};
 
 use super::model::{Mode, Model, Msg, Tab};
 
@@ -165,6 +167,19 @@ pub fn active(tab: Tab) -> impl Iterator<Item = &'static Binding> {
     specific.chain(global)
 }
 
+/// Maps a mouse event to a message (`console --mouse`): the wheel moves the cursor in lists;
+/// everything else is left to the keys.
+pub fn mouse_to_msg(m: &Model, e: MouseEvent) -> Option<Msg> {
+    if !matches!(m.mode, Mode::Normal) {
+        return None;
+    }
+    match e.kind {
+        MouseEventKind::ScrollDown => Some(Msg::Down),
+        MouseEventKind::ScrollUp => Some(Msg::Up),
+        _ => None,
+    }
+}
+
 /// Maps a terminal key to a message, given the mode (prompts take text; dialogs take y/n).
 pub fn to_msg(m: &Model, key: KeyEvent) -> Option<Msg> {
     if key.kind == KeyEventKind::Release {
@@ -193,6 +208,8 @@ pub fn to_msg(m: &Model, key: KeyEvent) -> Option<Msg> {
         }
         Mode::Token { .. } => None,
         _ => match key.code {
+            // As in k9s: esc first drops an active filter.
+            KeyCode::Esc if !m.filter.is_empty() => Some(Msg::ClearFilter),
             KeyCode::Esc => Some(Msg::Back),
             code => active(m.tab)
                 .find(|b| b.keys.contains(&code))
@@ -208,6 +225,41 @@ mod tests {
 
     fn key(c: KeyCode) -> KeyEvent {
         KeyEvent::new(c, KeyModifiers::NONE)
+    }
+
+    #[test]
+    fn the_wheel_moves_the_cursor_only_outside_dialogs_and_esc_drops_a_filter() {
+        let wheel = |kind| MouseEvent {
+            kind,
+            column: 10,
+            row: 5,
+            modifiers: KeyModifiers::NONE,
+        };
+        let mut m = Model::new(t(0), false);
+        assert_eq!(
+            mouse_to_msg(&m, wheel(MouseEventKind::ScrollDown)),
+            Some(Msg::Down)
+        );
+        assert_eq!(
+            mouse_to_msg(&m, wheel(MouseEventKind::ScrollUp)),
+            Some(Msg::Up)
+        );
+        assert_eq!(
+            mouse_to_msg(
+                &m,
+                wheel(MouseEventKind::Down(
+                    ratatui::crossterm::event::MouseButton::Left
+                ))
+            ),
+            None
+        );
+        m.filter = "ci".into();
+        assert_eq!(to_msg(&m, key(KeyCode::Esc)), Some(Msg::ClearFilter));
+        m.filter.clear();
+        assert_eq!(to_msg(&m, key(KeyCode::Esc)), Some(Msg::Back));
+        // A confirmation waits for y or n; the wheel must not move what it is about.
+        m.mode = Mode::Confirm(crate::console::model::Confirm::RevokeAgent { name: "a".into() });
+        assert_eq!(mouse_to_msg(&m, wheel(MouseEventKind::ScrollDown)), None);
     }
 
     #[test]

@@ -13,6 +13,7 @@ use time::OffsetDateTime;
 
 use super::keymap;
 use super::model::{Confirm, Mode, Model, Prompt, Tab};
+use crate::scopes::short_form;
 use crate::store::ConnectionStatus;
 
 /// Escapes control characters (C0, DEL, C1) and bidi overrides so a string from outside (a
@@ -124,7 +125,7 @@ pub fn render(m: &Model, f: &mut Frame) {
                 Line::from(""),
                 Line::from("Put it in the MCP client's configuration now; enter closes."),
             ]);
-            popup(f, "new agent token", text, 76, 9);
+            popup(f, "new agent token", text, 76);
         }
         Mode::Normal | Mode::Input { .. } => {}
     }
@@ -283,7 +284,7 @@ fn connections(m: &Model, f: &mut Frame, area: Rect) {
                 (_, true, _) => "key rotation due".to_owned(),
                 (Some(r), false, _) => safe(r).into_owned(),
                 (None, false, Some(d)) => format!("degraded: {}", safe(d)),
-                (None, false, None) => safe(&c.scopes.join(" ")).into_owned(),
+                (None, false, None) => safe(&short_forms(&c.scopes)).into_owned(),
             };
             let last = if c.kind == crate::store::ConnectionKind::ApiKey {
                 "api key".to_owned()
@@ -368,6 +369,11 @@ fn profiles(m: &Model, f: &mut Frame, area: Rect) {
     );
 }
 
+fn short_forms(scopes: &[String]) -> String {
+    let short: Vec<&str> = scopes.iter().map(|s| short_form(s)).collect();
+    short.join(" ")
+}
+
 fn scopes(m: &Model, f: &mut Frame, area: Rect) {
     let rows = m.rows();
     let over = m.scopes.iter().filter(|s| s.over_scoped()).count();
@@ -397,14 +403,14 @@ fn scopes(m: &Model, f: &mut Frame, area: Rect) {
                 let text: Vec<String> = s
                     .findings
                     .iter()
-                    .map(|x| format!("{}: {}", safe(&x.scope), x.kind.as_str()))
+                    .map(|x| format!("{}: {}", safe(short_form(&x.scope)), x.kind.as_str()))
                     .collect();
                 Cell::from(text.join("; ")).style(fg(m, Color::Yellow))
             };
             vec![
                 Cell::from(safe(&s.user).into_owned()),
                 Cell::from(safe(&s.service).into_owned()),
-                Cell::from(safe(&s.granted.join(" ")).into_owned()),
+                Cell::from(safe(&short_forms(&s.granted)).into_owned()),
                 findings,
             ]
         },
@@ -464,21 +470,24 @@ fn audit(m: &Model, f: &mut Frame, area: Rect) {
     f.render_widget(Paragraph::new(line), verify);
 }
 
-fn popup(f: &mut Frame, title: &str, text: Text, w: u16, h: u16) {
+/// A bordered box centred on the screen, `w` columns wide (or the screen's width), as tall as
+/// its text needs once wrapped: a long value (a narrowing link is 100+ columns) wraps onto
+/// further rows instead of being cut off at the bottom edge.
+fn popup(f: &mut Frame, title: &str, text: Text, w: u16) {
     let area = f.area();
+    let w = w.min(area.width);
+    let p = Paragraph::new(text)
+        .wrap(Wrap { trim: false })
+        .block(Block::bordered().title(format!(" {title} ")));
+    let h = u16::try_from(p.line_count(w.saturating_sub(2))).unwrap_or(u16::MAX);
     let [v] = Layout::vertical([Constraint::Length(h.min(area.height))])
         .flex(Flex::Center)
         .areas(area);
-    let [r] = Layout::horizontal([Constraint::Length(w.min(area.width))])
+    let [r] = Layout::horizontal([Constraint::Length(w)])
         .flex(Flex::Center)
         .areas(v);
     f.render_widget(Clear, r);
-    f.render_widget(
-        Paragraph::new(text)
-            .wrap(Wrap { trim: false })
-            .block(Block::bordered().title(format!(" {title} "))),
-        r,
-    );
+    f.render_widget(p, r);
 }
 
 fn help(m: &Model, f: &mut Frame) {
@@ -490,13 +499,11 @@ fn help(m: &Model, f: &mut Frame) {
             ])
         })
         .collect();
-    let h = lines.len() as u16 + 2;
     popup(
         f,
         &format!("keys: {}", m.tab.title()),
         Text::from(lines),
         46,
-        h,
     );
 }
 
@@ -636,8 +643,8 @@ fn detail(m: &Model, f: &mut Frame) {
             ("audit entry".into(), lines)
         }
     };
-    let h = lines.len() as u16 + 2;
-    popup(f, &title, Text::from(lines), 78, h);
+    // As wide as the screen: detail values (links, scope URLs, reasons) are long.
+    popup(f, &title, Text::from(lines), u16::MAX);
 }
 
 fn confirm(m: &Model, f: &mut Frame, c: &Confirm) {
@@ -661,7 +668,7 @@ fn confirm(m: &Model, f: &mut Frame, c: &Confirm) {
             bold().patch(fg(m, Color::Red)),
         ),
     ]);
-    popup(f, "confirm", text, 60, 7);
+    popup(f, "confirm", text, 60);
 }
 
 #[cfg(test)]
@@ -676,6 +683,10 @@ mod tests {
     use ratatui::Terminal;
     use ratatui::backend::TestBackend;
 
+    const GCAL: &str = "https://www.googleapis.com/auth/calendar";
+    /// A narrowing link as the gateway builds one for a Google connection: 125 columns.
+    const GOOGLE_FIX: &str = "https://gateway.example.org:8443/connect?narrow=calendar&scope=https%3A%2F%2Fwww.googleapis.com%2Fauth%2Fcalendar.readonly";
+
     fn draw(m: &Model, w: u16, h: u16) -> String {
         let mut term = Terminal::new(TestBackend::new(w, h)).unwrap_or_else(|_| unreachable!());
         let _ = term.draw(|f| render(m, f));
@@ -684,7 +695,7 @@ mod tests {
 
     fn sample() -> Model {
         let now = t(10_000);
-        let mut m = Model::new(now, false);
+        let mut m = Model::new(now, true);
         let c = |id: &str, user: &str, svc: &str, st: ConnectionStatus| ConnectionView {
             id: id.into(),
             user: user.into(),
@@ -793,20 +804,17 @@ mod tests {
                     user: "bob".into(),
                     service: "calendar".into(),
                     status: "active".into(),
-                    granted: vec!["calendar".into()],
-                    needed: Some(vec!["calendar.readonly".into()]),
+                    granted: vec![GCAL.into()],
+                    needed: Some(vec![format!("{GCAL}.readonly")]),
                     exercised: vec![],
                     unmapped_tools: vec![],
                     findings: vec![Finding {
                         kind: FindingKind::Broader,
-                        scope: "calendar".into(),
-                        instead: vec!["calendar.readonly".into()],
+                        scope: GCAL.into(),
+                        instead: vec![format!("{GCAL}.readonly")],
                     }],
-                    narrowed: Some(vec!["calendar.readonly".into()]),
-                    fix_url: Some(
-                        "http://127.0.0.1:8080/connect?narrow=calendar&scope=calendar.readonly"
-                            .into(),
-                    ),
+                    narrowed: Some(vec![format!("{GCAL}.readonly")]),
+                    fix_url: Some(GOOGLE_FIX.into()),
                 },
             ])),
         );
@@ -899,6 +907,121 @@ mod tests {
         insta::assert_snapshot!("scopes_80x24", draw(&m, 80, 24));
         update(&mut m, Msg::Narrow);
         insta::assert_snapshot!("scopes_fix_80x24", draw(&m, 80, 24));
+    }
+
+    /// The screen's text inside the popup's side borders, rows joined: what a wrapped value
+    /// reads as when every row of it is shown.
+    fn unwrapped(screen: &str) -> String {
+        screen
+            .lines()
+            .filter_map(|l| {
+                let l = l.trim_matches('"');
+                let inner = l.strip_prefix('│')?.strip_suffix('│')?;
+                Some(inner.trim_end().to_owned())
+            })
+            .collect()
+    }
+
+    /// Regression: detail boxes were 78 columns wide and as tall as their line count, so a
+    /// Google narrowing link (wrapped over two rows) lost its end at the bottom border.
+    #[test]
+    fn a_long_narrowing_link_is_shown_whole() {
+        let mut m = on(Tab::Scopes);
+        update(&mut m, Msg::Down);
+        update(&mut m, Msg::Narrow);
+        let screen = draw(&m, 80, 24);
+        assert!(unwrapped(&screen).contains(GOOGLE_FIX), "{screen}");
+        insta::assert_snapshot!("scopes_fix_google_80x24", screen);
+        // The list shows Google's scopes without their URL prefix; the detail has them whole.
+        update(&mut m, Msg::Back);
+        let list = draw(&m, 80, 24);
+        assert!(
+            list.contains("calendar: broader") && !list.contains("googleapis"),
+            "{list}"
+        );
+    }
+
+    #[test]
+    fn agent_detail_add_prompt_and_revoke_confirmation() {
+        let mut m = on(Tab::Agents);
+        update(&mut m, Msg::OpenDetail);
+        insta::assert_snapshot!("agent_detail_80x24", draw(&m, 80, 24));
+        update(&mut m, Msg::Back);
+        update(&mut m, Msg::StartAgentAdd);
+        for c in "ci-bot".chars() {
+            update(&mut m, Msg::InputChar(c));
+        }
+        insta::assert_snapshot!("agent_add_prompt_80x24", draw(&m, 80, 24));
+        update(&mut m, Msg::Back);
+        update(&mut m, Msg::AskRevoke);
+        let screen = draw(&m, 80, 24);
+        assert!(screen.contains("Revoke agent claude-desktop?"), "{screen}");
+        insta::assert_snapshot!("agent_revoke_confirm_80x24", screen);
+    }
+
+    #[test]
+    fn profile_detail_80x24() {
+        let mut m = on(Tab::Profiles);
+        update(&mut m, Msg::OpenDetail);
+        insta::assert_snapshot!(draw(&m, 80, 24));
+    }
+
+    #[test]
+    fn audit_verify_intact_and_an_unreachable_server() {
+        let mut m = on(Tab::Audit);
+        update(
+            &mut m,
+            Msg::Loaded(Loaded::Verify(Ok(crate::store::audit::Verified {
+                entries: 4,
+                head_hash: "9f2c".repeat(16),
+                head_authenticated: true,
+            }))),
+        );
+        insta::assert_snapshot!("audit_verify_intact_80x24", draw(&m, 80, 24));
+        update(
+            &mut m,
+            Msg::Done(Err("cannot reach the server's admin socket".into())),
+        );
+        insta::assert_snapshot!("status_error_80x24", draw(&m, 80, 24));
+    }
+
+    #[test]
+    fn help_for_every_view() {
+        for tab in Tab::ALL {
+            let mut m = on(tab);
+            update(&mut m, Msg::ToggleHelp);
+            let screen = draw(&m, 80, 24);
+            for b in keymap::active(tab) {
+                assert!(screen.contains(b.help), "{tab:?}: {} missing", b.help);
+            }
+            insta::assert_snapshot!(format!("help_{tab:?}_80x24"), screen);
+        }
+    }
+
+    /// NO_COLOR (no-color.org): no cell carries a colour; with colour on, findings and states
+    /// do (so the check is not vacuous).
+    #[test]
+    fn no_color_means_no_colour_anywhere() {
+        fn colours(m: &Model) -> usize {
+            let mut term =
+                Terminal::new(TestBackend::new(80, 24)).unwrap_or_else(|_| unreachable!());
+            let _ = term.draw(|f| render(m, f));
+            term.backend()
+                .buffer()
+                .content()
+                .iter()
+                .filter(|c| c.fg != Color::Reset || c.bg != Color::Reset)
+                .count()
+        }
+        let coloured: usize = Tab::ALL.iter().map(|t| colours(&on(*t))).sum();
+        assert!(coloured > 0, "no colour anywhere even with colour on");
+        for tab in Tab::ALL {
+            let mut m = on(tab);
+            m.color = false;
+            assert_eq!(colours(&m), 0, "{tab:?} is coloured under NO_COLOR");
+            update(&mut m, Msg::OpenDetail);
+            assert_eq!(colours(&m), 0, "{tab:?} detail is coloured under NO_COLOR");
+        }
     }
 
     #[test]
