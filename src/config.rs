@@ -85,6 +85,7 @@ struct RawService {
     resource: Option<String>,
     #[serde(default)]
     tools: BTreeMap<String, Vec<String>>,
+    tool_map: Option<String>,
     header: Option<String>,
     rotate_after_days: Option<u32>,
 }
@@ -672,11 +673,34 @@ fn check_service(
             ));
         }
     };
+    // A built-in tool map (named, or known by the hosted server's URL) underlies the
+    // configured one: `[services.X.tools]` entries add tools or override the built-in scopes.
+    let builtin = match s.tool_map.as_deref() {
+        Some(n) => Some(crate::scopes::builtin::by_name(n).ok_or_else(|| {
+            format!(
+                "{}: unknown tool map {n:?} (built in: {})",
+                key("tool_map"),
+                crate::scopes::builtin::NAMES.join(", ")
+            )
+        })?),
+        None => crate::scopes::builtin::for_url(&mcp_url).and_then(crate::scopes::builtin::by_name),
+    };
+    let mut tools: BTreeMap<String, Vec<String>> = builtin
+        .unwrap_or_default()
+        .iter()
+        .map(|(t, scopes)| {
+            (
+                (*t).to_owned(),
+                scopes.iter().map(|s| (*s).to_owned()).collect(),
+            )
+        })
+        .collect();
+    tools.extend(s.tools);
     Ok(Service {
         name: name.to_owned(),
         kind,
         mcp_url,
-        tools: s.tools,
+        tools,
     })
 }
 
@@ -709,6 +733,10 @@ public_url = "http://127.0.0.1:8080"   # redirect URIs are built from this, noth
 # provider = "google"
 # mcp_url  = "https://drive-mcp.example.com/mcp"
 # scopes   = ["https://www.googleapis.com/auth/drive.readonly"]
+# [services.drive.tools]                # tool -> scopes it needs, for `scopes report`
+# search_files = ["https://www.googleapis.com/auth/drive.readonly"]
+# (GitHub's MCP server at https://api.githubcopilot.com/mcp/ has its map built in; a
+#  self-hosted copy takes tool_map = "github-mcp-server")
 
 # [services.search]                     # a service that only takes API keys
 # kind     = "api_key"
@@ -756,6 +784,59 @@ mod tests {
         .unwrap();
         assert!(c.services["search"].is_api_key());
         assert_eq!(c.services["files"].tools["read_file"], vec!["files.read"]);
+    }
+
+    /// The README's configuration example is a working configuration.
+    #[test]
+    fn the_readme_example_parses() {
+        let readme = include_str!("../README.md");
+        let section = &readme[readme.find("## Configuration").unwrap()..];
+        let block = section
+            .split("```toml\n")
+            .nth(1)
+            .and_then(|b| b.split("```").next())
+            .unwrap();
+        let c = Config::parse(block, "README.md").unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.services["github"].tools["get_me"], Vec::<String>::new());
+        assert_eq!(c.services["files"].tools["write_file"], vec!["files.write"]);
+    }
+
+    #[test]
+    fn builtin_tool_maps_by_name_or_hosted_url_under_the_configured_one() {
+        let svc = |extra: &str| {
+            format!(
+                "[services.gh]\nkind = \"api_key\"\nmcp_url = \"https://api.githubcopilot.com/mcp/\"\n{extra}"
+            )
+        };
+        // Known by its URL; a configured entry overrides one tool and adds another.
+        let c = Config::parse(
+            &svc("[services.gh.tools]\nget_me = [\"read:user\"]\nmine = [\"repo\"]\n"),
+            "t.toml",
+        )
+        .unwrap();
+        let t = &c.services["gh"].tools;
+        assert_eq!(t["get_file_contents"], vec!["repo"]);
+        assert_eq!(t["get_me"], vec!["read:user"]);
+        assert_eq!(t["mine"], vec!["repo"]);
+        // Named explicitly for a server at another address.
+        let c = Config::parse(
+            "[services.gh]\nkind = \"api_key\"\nmcp_url = \"http://127.0.0.1:9/mcp\"\ntool_map = \"github-mcp-server\"\n",
+            "t.toml",
+        )
+        .unwrap();
+        assert_eq!(c.services["gh"].tools["create_gist"], vec!["gist"]);
+        // No map for other servers, and an unknown name is an error.
+        let c = Config::parse(
+            "[services.x]\nkind = \"api_key\"\nmcp_url = \"http://127.0.0.1:9/mcp\"\n",
+            "t.toml",
+        )
+        .unwrap();
+        assert!(c.services["x"].tools.is_empty());
+        let e = err(&svc("tool_map = \"slack\"\n"));
+        assert!(
+            e.contains("services.gh.tool_map") && e.contains("github-mcp-server"),
+            "{e}"
+        );
     }
 
     #[test]

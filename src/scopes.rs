@@ -5,6 +5,8 @@
 //! "Exercised" is derived from the audit log (each successful `mcp.call` names its tool and
 //! connection), so the proxy's hot path writes nothing extra.
 
+pub mod builtin;
+
 use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
@@ -489,6 +491,52 @@ mod tests {
         assert_eq!(findings[1].instead, v(&["calendar.readonly"]));
         // Only what the grant covers: gmail.send is missing, so it is not in the narrowed set.
         assert_eq!(narrowed, Some(v(&["calendar.readonly"])));
+    }
+
+    /// The built-in GitHub MCP server map, through a real config: a grant of `repo read:org
+    /// gist` whose agents may only read issues needs `repo` alone.
+    #[test]
+    fn the_builtin_github_map_finds_unneeded_scopes() {
+        let c = crate::config::Config::parse(
+            r#"
+            [providers.gh]
+            preset = "github"
+            client_id = "c"
+            client_secret_env = "GH_SECRET"
+            [services.github]
+            provider = "gh"
+            mcp_url = "https://api.githubcopilot.com/mcp/"
+            scopes = ["repo", "read:org", "gist"]
+            "#,
+            "t.toml",
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let tools = &c.services["github"].tools;
+        assert_eq!(tools["get_teams"], v(&["read:org"]));
+        let allowed: BTreeSet<String> = ["list_issues", "issue_read"].map(String::from).into();
+        let granted = v(&["repo", "read:org", "gist"]);
+        let (needed, _, _, findings, narrowed) = assess(&Subject {
+            granted: &granted,
+            configured: &granted,
+            tool_map: tools,
+            allowed_tools: &allowed,
+            usage: None,
+            hierarchy: Hierarchy::of(Some(Preset::Github)),
+        });
+        assert_eq!(needed, Some(v(&["repo"])));
+        let kinds: Vec<(FindingKind, &str)> = findings
+            .iter()
+            .map(|f| (f.kind, f.scope.as_str()))
+            .collect();
+        assert!(
+            kinds.contains(&(FindingKind::Unneeded, "read:org")),
+            "{kinds:?}"
+        );
+        assert!(
+            kinds.contains(&(FindingKind::Unneeded, "gist")),
+            "{kinds:?}"
+        );
+        assert_eq!(narrowed, Some(v(&["repo"])));
     }
 
     #[test]
