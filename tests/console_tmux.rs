@@ -255,6 +255,21 @@ fn console_lists_refreshes_edits_and_revokes_against_serve_dev() {
     tmux.keys(&["y"]);
     tmux.wait_for(&["revoked agent ci-bot"]);
     assert_eq!(call("whoami").0, 401);
+    // Its row (reloaded after the revoke) shows when it was last seen: the calls above.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let s = tmux.screen();
+        if s.lines()
+            .any(|l| l.contains("ci-bot") && l.contains("revoked") && l.contains(" ago"))
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no last-seen time for ci-bot:\n{s}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
     tmux.keys(&["Escape"]);
     tmux.keys(&["BTab"]);
 
