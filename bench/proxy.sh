@@ -99,8 +99,9 @@ run() { # name conc url pid header value; prints a row and keeps "name conc rps 
 }
 if [ -n "${PERF:-}" ]; then # PERF=1: profile Scopegate at concurrency 16 instead of the table
   perf record -F 999 -g -p "$SG_PID" -o "${PERF_OUT:-perf.data}" -- sleep "$DUR" >/dev/null 2>&1 &
+  perf_pid=$!
   HDR_NAME=Authorization HDR_VALUE="Bearer $TOKEN" wrk -t2 -c16 -d${DUR}s -s "$T/post.lua" "http://127.0.0.1:$GW/mcp/bench" | grep Requests/sec
-  wait; exit 0
+  wait "$perf_pid"; exit 0 # (a bare wait would wait for the servers too)
 fi
 # Interleaved per concurrency, so drift on a shared machine hits all three alike.
 for c in 1 16 64; do

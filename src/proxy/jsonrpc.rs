@@ -3,6 +3,11 @@
 //! (`tools/call` and `prompts/get`: `params.name`; `resources/read`: `params.uri`). The body
 //! itself is forwarded as received. Fuzzed (`fuzz/fuzz_targets/jsonrpc.rs`).
 
+use std::borrow::Cow;
+use std::cell::Cell;
+use std::collections::HashSet;
+
+use serde::de::{DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::Value;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -44,72 +49,42 @@ pub enum InspectError {
     MissingTarget(String, &'static str),
 }
 
-/// Upstreams may read JSON differently from us: last-wins or first-wins duplicate keys, and
-/// (Go's encoding/json) case-insensitive, Unicode-folded key matching. Refusing every
-/// duplicate, and every key that folds to one the policy reads without being it, leaves one
-/// reading (the go-sdk's GHSA-wvj2-96wp-fq3f was exactly this).
-fn unambiguous(body: &[u8]) -> bool {
-    use serde::de::{DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
-    struct Strict;
-    impl<'de> DeserializeSeed<'de> for Strict {
-        type Value = ();
-        fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
-            d.deserialize_any(self)
-        }
-    }
-    impl<'de> Visitor<'de> for Strict {
-        type Value = ();
-        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-            f.write_str("JSON")
-        }
-        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
-            let mut seen = std::collections::HashSet::new();
-            while let Some(key) = map.next_key::<String>()? {
-                let folded = fold(&key);
-                let sensitive = [
-                    "jsonrpc",
-                    "id",
-                    "method",
-                    "params",
-                    "name",
-                    "uri",
-                    "arguments",
-                ];
-                if !seen.insert(folded.clone())
-                    || (sensitive.contains(&folded.as_str()) && folded != key)
-                {
-                    return Err(serde::de::Error::custom("ambiguous key"));
-                }
-                map.next_value_seed(Strict)?;
+/// The keys the policy reads. A key that folds to one of these without being it is refused at
+/// any depth (see `Keys`).
+const SENSITIVE: [&str; 7] = [
+    "jsonrpc",
+    "id",
+    "method",
+    "params",
+    "name",
+    "uri",
+    "arguments",
+];
+
+/// One JSON object's keys. Upstreams may read JSON differently from us: last-wins or
+/// first-wins duplicate keys, and (Go's encoding/json) case-insensitive, Unicode-folded key
+/// matching. Refusing every duplicate, and every key that folds to one the policy reads
+/// without being it, leaves one reading (the go-sdk's GHSA-wvj2-96wp-fq3f was exactly this).
+#[derive(Default)]
+struct Keys<'de> {
+    seen: HashSet<Cow<'de, str>>,
+}
+
+impl<'de> Keys<'de> {
+    /// Whether `key` may join this object's keys. (By reference to the `Cow`: a key borrowed
+    /// from the body is kept without copying it.)
+    #[allow(clippy::ptr_arg)]
+    fn admit(&mut self, key: &Cow<'de, str>) -> bool {
+        let folded: Cow<'de, str> = match key {
+            // The usual key (lowercase ASCII, no escapes) folds to itself: no allocation.
+            Cow::Borrowed(k) if k.bytes().all(|b| b.is_ascii() && !b.is_ascii_uppercase()) => {
+                Cow::Borrowed(*k)
             }
-            Ok(())
-        }
-        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
-            while seq.next_element_seed(Strict)?.is_some() {}
-            Ok(())
-        }
-        fn visit_bool<E>(self, _: bool) -> Result<(), E> {
-            Ok(())
-        }
-        fn visit_i64<E>(self, _: i64) -> Result<(), E> {
-            Ok(())
-        }
-        fn visit_u64<E>(self, _: u64) -> Result<(), E> {
-            Ok(())
-        }
-        fn visit_f64<E>(self, _: f64) -> Result<(), E> {
-            Ok(())
-        }
-        fn visit_str<E>(self, _: &str) -> Result<(), E> {
-            Ok(())
-        }
-        fn visit_unit<E>(self) -> Result<(), E> {
-            Ok(())
-        }
+            _ => Cow::Owned(fold(key)),
+        };
+        let poses = SENSITIVE.contains(&folded.as_ref()) && folded != *key;
+        !poses && self.seen.insert(folded)
     }
-    let _ = IgnoredAny;
-    let mut de = serde_json::Deserializer::from_slice(body);
-    Strict.deserialize(&mut de).is_ok() && de.end().is_ok()
 }
 
 /// Case folding as lenient JSON decoders apply it (including the long s and the Kelvin sign).
@@ -128,28 +103,305 @@ fn fold(key: &str) -> String {
         .collect()
 }
 
+/// An object key, borrowed from the body unless it had escapes.
+struct Key;
+
+impl<'de> DeserializeSeed<'de> for Key {
+    type Value = Cow<'de, str>;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_str(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Key {
+    type Value = Cow<'de, str>;
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a key")
+    }
+    fn visit_borrowed_str<E>(self, s: &'de str) -> Result<Self::Value, E> {
+        Ok(Cow::Borrowed(s))
+    }
+    fn visit_str<E>(self, s: &str) -> Result<Self::Value, E> {
+        Ok(Cow::Owned(s.to_owned()))
+    }
+}
+
+/// Walks any value, checking the keys of every object in it; an ambiguous key is noted and
+/// the walk goes on, so a body that is also malformed later is still "not JSON" (as before).
+#[derive(Clone, Copy)]
+struct Walk<'a> {
+    ambiguous: &'a Cell<bool>,
+}
+
+impl<'de> DeserializeSeed<'de> for Walk<'_> {
+    type Value = ();
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Walk<'_> {
+    type Value = ();
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("JSON")
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        let mut keys = Keys::default();
+        while let Some(k) = map.next_key_seed(Key)? {
+            if !keys.admit(&k) {
+                self.ambiguous.set(true);
+            }
+            map.next_value_seed(self)?;
+        }
+        Ok(())
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        while seq.next_element_seed(self)?.is_some() {}
+        Ok(())
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_str<E>(self, _: &str) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_unit<E>(self) -> Result<(), E> {
+        Ok(())
+    }
+}
+
+/// A value kept only when it is one the checks read: a string or an integer.
+enum Scalar<'de> {
+    Str(Cow<'de, str>),
+    I64(i64),
+    U64(u64),
+    Other,
+}
+
+/// Reads a `Scalar`; objects and arrays are walked (their keys checked) and count as `Other`.
+struct Capture<'a>(Walk<'a>);
+
+impl<'de, 'a> DeserializeSeed<'de> for Capture<'a> {
+    type Value = Scalar<'de>;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de, 'a> Visitor<'de> for Capture<'a> {
+    type Value = Scalar<'de>;
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("JSON")
+    }
+    fn visit_borrowed_str<E>(self, s: &'de str) -> Result<Self::Value, E> {
+        Ok(Scalar::Str(Cow::Borrowed(s)))
+    }
+    fn visit_str<E>(self, s: &str) -> Result<Self::Value, E> {
+        Ok(Scalar::Str(Cow::Owned(s.to_owned())))
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<Self::Value, E> {
+        Ok(Scalar::I64(v))
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<Self::Value, E> {
+        Ok(Scalar::U64(v))
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+        Ok(Scalar::Other)
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+        Ok(Scalar::Other)
+    }
+    fn visit_unit<E>(self) -> Result<Self::Value, E> {
+        Ok(Scalar::Other)
+    }
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+        self.0.visit_map(map).map(|()| Scalar::Other)
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Self::Value, A::Error> {
+        self.0.visit_seq(seq).map(|()| Scalar::Other)
+    }
+}
+
+/// What a message's top level says, read in one pass over the body.
+#[derive(Default)]
+struct Fields<'de> {
+    jsonrpc: Option<Scalar<'de>>,
+    method: Option<Scalar<'de>>,
+    id: Option<Scalar<'de>>,
+    /// `params.name` and `params.uri`, when `params` is an object that has them.
+    name: Option<Scalar<'de>>,
+    uri: Option<Scalar<'de>>,
+    result_or_error: bool,
+}
+
+enum Top<'de> {
+    Object(Fields<'de>),
+    Array,
+    Other,
+}
+
+/// The top level: an object's fields are captured, anything else walked.
+struct Message1<'a>(Walk<'a>);
+
+impl<'de, 'a> DeserializeSeed<'de> for Message1<'a> {
+    type Value = Top<'de>;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de, 'a> Visitor<'de> for Message1<'a> {
+    type Value = Top<'de>;
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("JSON")
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let walk = self.0;
+        let mut keys = Keys::default();
+        let mut f = Fields::default();
+        while let Some(k) = map.next_key_seed(Key)? {
+            if !keys.admit(&k) {
+                walk.ambiguous.set(true);
+            }
+            match k.as_ref() {
+                "jsonrpc" => f.jsonrpc = Some(map.next_value_seed(Capture(walk))?),
+                "method" => f.method = Some(map.next_value_seed(Capture(walk))?),
+                "id" => f.id = Some(map.next_value_seed(Capture(walk))?),
+                "params" => {
+                    let (name, uri) = map.next_value_seed(Params(walk))?;
+                    (f.name, f.uri) = (name, uri);
+                }
+                "result" | "error" => {
+                    f.result_or_error = true;
+                    map.next_value_seed(walk)?;
+                }
+                _ => map.next_value_seed(walk)?,
+            }
+        }
+        Ok(Top::Object(f))
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Self::Value, A::Error> {
+        self.0.visit_seq(seq).map(|()| Top::Array)
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+        Ok(Top::Other)
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
+        Ok(Top::Other)
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
+        Ok(Top::Other)
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+        Ok(Top::Other)
+    }
+    fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
+        Ok(Top::Other)
+    }
+    fn visit_unit<E>(self) -> Result<Self::Value, E> {
+        Ok(Top::Other)
+    }
+}
+
+/// `params`: its `name` and `uri` when it is an object; everything in it walked.
+struct Params<'a>(Walk<'a>);
+
+type Targets<'de> = (Option<Scalar<'de>>, Option<Scalar<'de>>);
+
+impl<'de, 'a> DeserializeSeed<'de> for Params<'a> {
+    type Value = Targets<'de>;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de, 'a> Visitor<'de> for Params<'a> {
+    type Value = Targets<'de>;
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("JSON")
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let walk = self.0;
+        let mut keys = Keys::default();
+        let (mut name, mut uri) = (None, None);
+        while let Some(k) = map.next_key_seed(Key)? {
+            if !keys.admit(&k) {
+                walk.ambiguous.set(true);
+            }
+            match k.as_ref() {
+                "name" => name = Some(map.next_value_seed(Capture(walk))?),
+                "uri" => uri = Some(map.next_value_seed(Capture(walk))?),
+                _ => map.next_value_seed(walk)?,
+            }
+        }
+        Ok((name, uri))
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Self::Value, A::Error> {
+        self.0.visit_seq(seq).map(|()| (None, None))
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+        Ok((None, None))
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
+        Ok((None, None))
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
+        Ok((None, None))
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+        Ok((None, None))
+    }
+    fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
+        Ok((None, None))
+    }
+    fn visit_unit<E>(self) -> Result<Self::Value, E> {
+        Ok((None, None))
+    }
+}
+
+/// Reads the message in one pass: no `Value` tree is built, keys and the few strings it keeps
+/// are borrowed from the body, and every object at every depth has its keys checked.
 pub fn inspect(body: &[u8]) -> Result<Message, InspectError> {
-    let v: Value = serde_json::from_slice(body).map_err(|_| InspectError::NotJson)?;
-    if !unambiguous(body) {
+    let ambiguous = Cell::new(false);
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let top = Message1(Walk {
+        ambiguous: &ambiguous,
+    })
+    .deserialize(&mut de)
+    .map_err(|_| InspectError::NotJson)?;
+    de.end().map_err(|_| InspectError::NotJson)?;
+    if ambiguous.get() {
         return Err(InspectError::AmbiguousKey);
     }
-    let obj = match v {
-        Value::Object(o) => o,
-        Value::Array(_) => return Err(InspectError::Batch),
-        _ => return Err(InspectError::NotJsonRpc),
+    let f = match top {
+        Top::Object(f) => f,
+        Top::Array => return Err(InspectError::Batch),
+        Top::Other => return Err(InspectError::NotJsonRpc),
     };
-    if obj.get("jsonrpc").and_then(Value::as_str) != Some("2.0") {
+    if !matches!(&f.jsonrpc, Some(Scalar::Str(v)) if v == "2.0") {
         return Err(InspectError::NotJsonRpc);
     }
-    let Some(method) = obj.get("method") else {
-        return if obj.contains_key("result") || obj.contains_key("error") {
+    let Some(method) = f.method else {
+        return if f.result_or_error {
             Ok(Message::Response)
         } else {
             Err(InspectError::NotJsonRpc)
         };
     };
-    let method = method.as_str().ok_or(InspectError::NotJsonRpc)?.to_owned();
-    let Some(id) = obj.get("id") else {
+    let Scalar::Str(method) = method else {
+        return Err(InspectError::NotJsonRpc);
+    };
+    let method = method.into_owned();
+    let Some(id) = f.id else {
         // Without an id a generic JSON-RPC server still runs the method: a `tools/call`
         // notification must not slip past the tool check.
         if !method.starts_with("notifications/") {
@@ -157,29 +409,31 @@ pub fn inspect(body: &[u8]) -> Result<Message, InspectError> {
         }
         return Ok(Message::Notification { method });
     };
-    if !(id.is_string() || id.is_i64() || id.is_u64()) {
-        return Err(InspectError::NotJsonRpc);
+    let id = match id {
+        Scalar::Str(s) => Value::String(s.into_owned()),
+        Scalar::I64(i) => Value::from(i),
+        Scalar::U64(u) => Value::from(u),
+        Scalar::Other => return Err(InspectError::NotJsonRpc),
+    };
+    let (field, value) = match method.as_str() {
+        "tools/call" | "prompts/get" => ("name", f.name),
+        "resources/read" => ("uri", f.uri),
+        _ => {
+            return Ok(Message::Request {
+                id,
+                method,
+                target: None,
+            });
+        }
+    };
+    match value {
+        Some(Scalar::Str(t)) => Ok(Message::Request {
+            id,
+            method,
+            target: Some(t.into_owned()),
+        }),
+        _ => Err(InspectError::MissingTarget(method, field)),
     }
-    let field = match method.as_str() {
-        "tools/call" | "prompts/get" => Some("name"),
-        "resources/read" => Some("uri"),
-        _ => None,
-    };
-    let target = match field {
-        Some(f) => Some(
-            obj.get("params")
-                .and_then(|p| p.get(f))
-                .and_then(Value::as_str)
-                .ok_or_else(|| InspectError::MissingTarget(method.clone(), f))?
-                .to_owned(),
-        ),
-        None => None,
-    };
-    Ok(Message::Request {
-        id: id.clone(),
-        method,
-        target,
-    })
 }
 
 /// A JSON-RPC error response to `id`.
@@ -195,6 +449,204 @@ pub fn error(id: &Value, code: i64, message: &str, data: Option<Value>) -> Vec<u
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    // The two-pass reader this module used before (a strict key pass, then a `Value` tree),
+    // kept as the oracle for `same_answers_as_the_two_pass_reader`.
+    /// Upstreams may read JSON differently from us: last-wins or first-wins duplicate keys, and
+    /// (Go's encoding/json) case-insensitive, Unicode-folded key matching. Refusing every
+    /// duplicate, and every key that folds to one the policy reads without being it, leaves one
+    /// reading (the go-sdk's GHSA-wvj2-96wp-fq3f was exactly this).
+    fn ref_unambiguous(body: &[u8]) -> bool {
+        use serde::de::{DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
+        struct Strict;
+        impl<'de> DeserializeSeed<'de> for Strict {
+            type Value = ();
+            fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+                d.deserialize_any(self)
+            }
+        }
+        impl<'de> Visitor<'de> for Strict {
+            type Value = ();
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("JSON")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+                let mut seen = std::collections::HashSet::new();
+                while let Some(key) = map.next_key::<String>()? {
+                    let folded = ref_fold(&key);
+                    let sensitive = [
+                        "jsonrpc",
+                        "id",
+                        "method",
+                        "params",
+                        "name",
+                        "uri",
+                        "arguments",
+                    ];
+                    if !seen.insert(folded.clone())
+                        || (sensitive.contains(&folded.as_str()) && folded != key)
+                    {
+                        return Err(serde::de::Error::custom("ambiguous key"));
+                    }
+                    map.next_value_seed(Strict)?;
+                }
+                Ok(())
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+                while seq.next_element_seed(Strict)?.is_some() {}
+                Ok(())
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<(), E> {
+                Ok(())
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<(), E> {
+                Ok(())
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<(), E> {
+                Ok(())
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<(), E> {
+                Ok(())
+            }
+            fn visit_str<E>(self, _: &str) -> Result<(), E> {
+                Ok(())
+            }
+            fn visit_unit<E>(self) -> Result<(), E> {
+                Ok(())
+            }
+        }
+        let _ = IgnoredAny;
+        let mut de = serde_json::Deserializer::from_slice(body);
+        Strict.deserialize(&mut de).is_ok() && de.end().is_ok()
+    }
+
+    /// Case folding as lenient JSON decoders apply it (including the long s and the Kelvin sign).
+    fn ref_fold(key: &str) -> String {
+        // The usual case, and the same answer: ASCII folds to its ASCII lowercase.
+        if key.is_ascii() {
+            return key.to_ascii_lowercase();
+        }
+        key.chars()
+            .map(|c| match c {
+                '\u{17f}' => 's',
+                '\u{212a}' => 'k',
+                c => c.to_ascii_lowercase(),
+            })
+            .flat_map(char::to_lowercase)
+            .collect()
+    }
+
+    fn reference(body: &[u8]) -> Result<Message, InspectError> {
+        let v: Value = serde_json::from_slice(body).map_err(|_| InspectError::NotJson)?;
+        if !ref_unambiguous(body) {
+            return Err(InspectError::AmbiguousKey);
+        }
+        let obj = match v {
+            Value::Object(o) => o,
+            Value::Array(_) => return Err(InspectError::Batch),
+            _ => return Err(InspectError::NotJsonRpc),
+        };
+        if obj.get("jsonrpc").and_then(Value::as_str) != Some("2.0") {
+            return Err(InspectError::NotJsonRpc);
+        }
+        let Some(method) = obj.get("method") else {
+            return if obj.contains_key("result") || obj.contains_key("error") {
+                Ok(Message::Response)
+            } else {
+                Err(InspectError::NotJsonRpc)
+            };
+        };
+        let method = method.as_str().ok_or(InspectError::NotJsonRpc)?.to_owned();
+        let Some(id) = obj.get("id") else {
+            // Without an id a generic JSON-RPC server still runs the method: a `tools/call`
+            // notification must not slip past the tool check.
+            if !method.starts_with("notifications/") {
+                return Err(InspectError::NotANotification);
+            }
+            return Ok(Message::Notification { method });
+        };
+        if !(id.is_string() || id.is_i64() || id.is_u64()) {
+            return Err(InspectError::NotJsonRpc);
+        }
+        let field = match method.as_str() {
+            "tools/call" | "prompts/get" => Some("name"),
+            "resources/read" => Some("uri"),
+            _ => None,
+        };
+        let target = match field {
+            Some(f) => Some(
+                obj.get("params")
+                    .and_then(|p| p.get(f))
+                    .and_then(Value::as_str)
+                    .ok_or_else(|| InspectError::MissingTarget(method.clone(), f))?
+                    .to_owned(),
+            ),
+            None => None,
+        };
+        Ok(Message::Request {
+            id: id.clone(),
+            method,
+            target,
+        })
+    }
+
+    /// The one-pass reader gives the answer the two-pass one gave, for every input of the
+    /// fuzz corpus (2,000+ shapes found by coverage) and the hand-made cases below.
+    #[test]
+    fn same_answers_as_the_two_pass_reader() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/jsonrpc");
+        let mut inputs: Vec<Vec<u8>> = std::fs::read_dir(&dir)
+            .map(|d| {
+                d.filter_map(|e| std::fs::read(e.ok()?.path()).ok())
+                    .collect()
+            })
+            .unwrap_or_default();
+        assert!(
+            inputs.len() > 1000,
+            "the corpus is missing: {}",
+            dir.display()
+        );
+        for extra in [
+            r#"{"jsonrpc":"2.0","id":-5,"method":"tools/call","params":{"name":"a"}}"#,
+            r#"{"jsonrpc":"2.0","id":18446744073709551615,"method":"x"}"#,
+            r#"{"jsonrpc":"2.0","id":1.5,"method":"x"}"#,
+            r#"{"jsonrpc":"2.0","id":null,"method":"x"}"#,
+            r#"{"jsonrpc":"2.0","id":"\u0041","method":"tools\/call","params":{"na\u006de":"x"}}"#,
+            r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":[{"name":"a"}]}"#,
+            r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":7}}"#,
+            r#"{"jsonrpc":"2.0","id":1,"method":"resources/read","params":{"uri":"u","name":"n"}}"#,
+            r#"{"jsonrpc":"2.0","id":1,"method":"x","Method":"y"} trailing"#,
+            r#"{"jsonrpc":"2.0","id":1,"method":"x","a":{"b":1,"b":2}"#,
+            r#"{"jsonrpc":"2.0","id":1,"method":"x","a":[{"B":1,"b":2}]}"#,
+            r#"{"jsonrpc":"2.0","id":1,"method":"x","a":[{"Uri":1}]}"#,
+            r#"{"jsonrpc":2.0,"id":1,"method":"x"}"#,
+            r#"{"jsonrpc":"2.0","id":1,"method":["x"]}"#,
+            r#"{"jsonrpc":"2.0","result":{},"id":1}"#,
+            r#"{"jsonrpc":"2.0","error":null}"#,
+            r#"{"JSONRPC":"2.0","id":1,"method":"x"}"#,
+            r#"{"jsonrpc":"2.0","id":1,"method":"x","\u017fcope":1,"scope":2}"#,
+            r#"[1,2,{"a":1,"A":2}]"#,
+            r#""just a string""#,
+            "",
+            "   ",
+            "{}",
+            "1e400",
+        ] {
+            inputs.push(extra.as_bytes().to_vec());
+        }
+        // Not UTF-8 inside a string.
+        inputs.push(b"{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"x\xff\"}".to_vec());
+        for input in &inputs {
+            let (new, old) = (inspect(input), reference(input));
+            // serde_json's `Value` refuses its private raw-value marker key as malformed; the
+            // one-pass reader sees an ordinary key (and refuses the message as not JSON-RPC).
+            if input.windows(21).any(|w| w == b"$serde_json::private:") {
+                assert!(new.is_err() && old.is_err(), "{new:?} {old:?}");
+                continue;
+            }
+            assert_eq!(new, old, "{:?}", String::from_utf8_lossy(input));
+        }
+    }
 
     #[test]
     fn inspects_the_kinds() {
