@@ -478,9 +478,9 @@ impl Txn<'_> {
         };
         let mut entries = Vec::with_capacity(events.len());
         for event in &events {
-            let entry = Entry::chain(seq + 1, self.now, event, &prev);
+            let (entry, stored) = Entry::chain_encoded(seq + 1, self.now, event, &prev);
             table
-                .insert(entry.seq, encode(&entry).as_slice())
+                .insert(entry.seq, stored.as_slice())
                 .map_err(|e| fail(e.into()))?;
             seq = entry.seq;
             prev.clone_from(&entry.hash);

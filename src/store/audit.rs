@@ -122,12 +122,38 @@ struct Body<'a> {
 
 impl Entry {
     pub fn chain(seq: u64, time: OffsetDateTime, event: &Event, prev_hash: &str) -> Entry {
+        let mut e = Entry::chain_unhashed(seq, time, event, prev_hash);
+        e.hash = e.compute_hash();
+        e
+    }
+
+    /// `chain`, also returning the entry as stored (its JSON), built from the hashed body's
+    /// JSON without serializing the entry a second time: the stored form is the body's fields
+    /// followed by `prev_hash` and `hash`, exactly as `serde_json` writes an `Entry`.
+    pub fn chain_encoded(
+        seq: u64,
+        time: OffsetDateTime,
+        event: &Event,
+        prev_hash: &str,
+    ) -> (Entry, Vec<u8>) {
+        let mut e = Entry::chain_unhashed(seq, time, event, prev_hash);
+        let mut json = e.body_json();
+        e.hash = hash_of(&e.prev_hash, &json);
+        // Both hashes are lowercase hex: nothing in them needs JSON escaping.
+        json.pop(); // the body's closing brace
+        for part in [",\"prev_hash\":\"", &e.prev_hash, "\",\"hash\":\"", &e.hash, "\"}"] {
+            json.extend_from_slice(part.as_bytes());
+        }
+        (e, json)
+    }
+
+    fn chain_unhashed(seq: u64, time: OffsetDateTime, event: &Event, prev_hash: &str) -> Entry {
         let details = event
             .details
             .iter()
             .map(|(k, v)| (escape_untrusted(k), escape_untrusted(v)))
             .collect();
-        let mut e = Entry {
+        Entry {
             seq,
             time,
             actor: escape_untrusted(&event.actor),
@@ -137,12 +163,10 @@ impl Entry {
             details,
             prev_hash: prev_hash.to_owned(),
             hash: String::new(),
-        };
-        e.hash = e.compute_hash();
-        e
+        }
     }
 
-    pub fn compute_hash(&self) -> String {
+    fn body_json(&self) -> Vec<u8> {
         let body = Body {
             seq: self.seq,
             time: self.time,
@@ -152,12 +176,12 @@ impl Entry {
             outcome: &self.outcome,
             details: &self.details,
         };
-        let mut h = Sha256::new();
-        h.update(self.prev_hash.as_bytes());
-        h.update(b"\n");
         #[allow(clippy::expect_used)] // invariant: a struct of strings always serializes.
-        h.update(serde_json::to_vec(&body).expect("audit body serializes"));
-        hex(&h.finalize())
+        serde_json::to_vec(&body).expect("audit body serializes")
+    }
+
+    pub fn compute_hash(&self) -> String {
+        hash_of(&self.prev_hash, &self.body_json())
     }
 
     /// One line for `audit list`; every field was escaped when the entry was made.
@@ -181,6 +205,15 @@ impl Entry {
             .map(|c| if c.is_control() { '\u{fffd}' } else { c })
             .collect()
     }
+}
+
+/// SHA-256 over the previous entry's hash, a newline and this entry's body JSON.
+fn hash_of(prev_hash: &str, body_json: &[u8]) -> String {
+    let mut h = Sha256::new();
+    h.update(prev_hash.as_bytes());
+    h.update(b"\n");
+    h.update(body_json);
+    hex(&h.finalize())
 }
 
 /// Escapes control characters (C0, DEL, C1), bidi overrides and backslashes, and caps length,
@@ -339,6 +372,22 @@ mod tests {
 
     fn check(rows: Vec<Row>, head: &Head) -> Result<Verified, ChainError> {
         verify_chain(rows, Some(head), Some(&key()))
+    }
+
+    /// The spliced stored form is byte for byte what serializing the entry gives, escapes,
+    /// details and all, and carries the same hash as `chain`.
+    #[test]
+    fn the_encoded_entry_is_the_serialized_entry() {
+        let event = Event::new("agent:a\"b", "mcp.call", "files\u{1b}[2J", "ok")
+            .detail("tool", "read_\\file")
+            .detail("micros", "123")
+            .detail("\u{202e}k", "v\u{0}");
+        let t = OffsetDateTime::UNIX_EPOCH + time::Duration::nanoseconds(1_234_567_891);
+        let prev = "ab".repeat(32);
+        let (e, json) = Entry::chain_encoded(42, t, &event, &prev);
+        assert_eq!(e, Entry::chain(42, t, &event, &prev));
+        assert_eq!(json, serde_json::to_vec(&e).unwrap());
+        assert_eq!(serde_json::from_slice::<Entry>(&json).unwrap(), e);
     }
 
     #[test]
