@@ -477,7 +477,7 @@ impl Txn<'_> {
             }
         };
         let mut entries = Vec::with_capacity(events.len());
-        for event in &events {
+        for event in events {
             let (entry, stored) = Entry::chain_encoded(seq + 1, self.now, event, &prev);
             table
                 .insert(entry.seq, stored.as_slice())

@@ -130,18 +130,39 @@ impl Entry {
     /// `chain`, also returning the entry as stored (its JSON), built from the hashed body's
     /// JSON without serializing the entry a second time: the stored form is the body's fields
     /// followed by `prev_hash` and `hash`, exactly as `serde_json` writes an `Entry`.
+    /// It takes the event by value: fields that need no escaping are moved, not copied.
     pub fn chain_encoded(
         seq: u64,
         time: OffsetDateTime,
-        event: &Event,
+        event: Event,
         prev_hash: &str,
     ) -> (Entry, Vec<u8>) {
-        let mut e = Entry::chain_unhashed(seq, time, event, prev_hash);
+        let mut e = Entry {
+            seq,
+            time,
+            actor: escape_owned(event.actor),
+            action: escape_owned(event.action),
+            target: escape_owned(event.target),
+            outcome: escape_owned(event.outcome),
+            details: event
+                .details
+                .into_iter()
+                .map(|(k, v)| (escape_owned(k), escape_owned(v)))
+                .collect(),
+            prev_hash: prev_hash.to_owned(),
+            hash: String::new(),
+        };
         let mut json = e.body_json();
         e.hash = hash_of(&e.prev_hash, &json);
         // Both hashes are lowercase hex: nothing in them needs JSON escaping.
         json.pop(); // the body's closing brace
-        for part in [",\"prev_hash\":\"", &e.prev_hash, "\",\"hash\":\"", &e.hash, "\"}"] {
+        for part in [
+            ",\"prev_hash\":\"",
+            &e.prev_hash,
+            "\",\"hash\":\"",
+            &e.hash,
+            "\"}",
+        ] {
             json.extend_from_slice(part.as_bytes());
         }
         (e, json)
@@ -216,11 +237,25 @@ fn hash_of(prev_hash: &str, body_json: &[u8]) -> String {
     hex(&h.finalize())
 }
 
+/// Printable ASCII without backslashes, within the cap, needs nothing (the usual case: names,
+/// ids, numbers).
+fn needs_no_escape(s: &str) -> bool {
+    s.len() <= MAX_FIELD_CHARS && s.bytes().all(|b| (b' '..=b'~').contains(&b) && b != b'\\')
+}
+
+/// `escape_untrusted` for a string we own: returned as it is when nothing needs escaping.
+fn escape_owned(s: String) -> String {
+    if needs_no_escape(&s) {
+        s
+    } else {
+        escape_untrusted(&s)
+    }
+}
+
 /// Escapes control characters (C0, DEL, C1), bidi overrides and backslashes, and caps length,
 /// so a string from outside cannot forge entries or drive a terminal.
 pub fn escape_untrusted(s: &str) -> String {
-    // Printable ASCII without backslashes needs nothing (the usual case: names, ids, numbers).
-    if s.len() <= MAX_FIELD_CHARS && s.bytes().all(|b| (b' '..=b'~').contains(&b) && b != b'\\') {
+    if needs_no_escape(s) {
         return s.to_owned();
     }
     let mut out = String::with_capacity(s.len().min(MAX_FIELD_CHARS));
@@ -384,7 +419,7 @@ mod tests {
             .detail("\u{202e}k", "v\u{0}");
         let t = OffsetDateTime::UNIX_EPOCH + time::Duration::nanoseconds(1_234_567_891);
         let prev = "ab".repeat(32);
-        let (e, json) = Entry::chain_encoded(42, t, &event, &prev);
+        let (e, json) = Entry::chain_encoded(42, t, event.clone(), &prev);
         assert_eq!(e, Entry::chain(42, t, &event, &prev));
         assert_eq!(json, serde_json::to_vec(&e).unwrap());
         assert_eq!(serde_json::from_slice::<Entry>(&json).unwrap(), e);
