@@ -676,9 +676,10 @@ fn check_service(
     // A built-in tool map (named, or known by the hosted server's URL) underlies the
     // configured one: `[services.X.tools]` entries add tools or override the built-in scopes.
     let builtin = match s.tool_map.as_deref() {
+        Some("none") => None,
         Some(n) => Some(crate::scopes::builtin::by_name(n).ok_or_else(|| {
             format!(
-                "{}: unknown tool map {n:?} (built in: {})",
+                "{}: unknown tool map {n:?} (built in: {}; or \"none\")",
                 key("tool_map"),
                 crate::scopes::builtin::NAMES.join(", ")
             )
@@ -832,6 +833,9 @@ mod tests {
         )
         .unwrap();
         assert!(c.services["x"].tools.is_empty());
+        // "none" turns the built-in map off for a hosted server.
+        let c = Config::parse(&svc("tool_map = \"none\"\n"), "t.toml").unwrap();
+        assert!(c.services["gh"].tools.is_empty());
         let e = err(&svc("tool_map = \"slack\"\n"));
         assert!(
             e.contains("services.gh.tool_map") && e.contains("github-mcp-server"),

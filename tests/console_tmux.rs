@@ -313,6 +313,31 @@ fn console_lists_refreshes_edits_and_revokes_against_serve_dev() {
     tmux.keys(&["v"]);
     tmux.wait_for(&["audit verify: intact"]);
 
+    // An API key stored now (R reloads) is listed, and never shown: not in the list, not
+    // in its detail, not in the audit view.
+    admin(
+        &data,
+        &["apikey", "set", "demo-search", "--user", "demo"],
+        b"demo-key-not-shown",
+    );
+    tmux.keys(&["Escape"]); // drops the audit filter
+    tmux.keys(&["Tab"]);
+    tmux.keys(&["R"]);
+    let s = tmux.wait_for(&["connections (2)", "demo-search"]);
+    assert!(!s.contains("demo-key-not-shown"), "{s}");
+    tmux.keys(&["/"]);
+    tmux.keys(&["-l", "demo-search"]);
+    tmux.keys(&["Enter"]);
+    tmux.wait_for(&["connections (1 of 2)"]);
+    tmux.keys(&["Enter"]);
+    let s = tmux.wait_for(&["fingerprint: hmac:", "apikey"]);
+    assert!(!s.contains("demo-key-not-shown"), "{s}");
+    tmux.keys(&["Escape"]);
+    tmux.keys(&["Escape"]);
+    tmux.keys(&["BTab"]);
+    let s = tmux.wait_for(&["apikey.set"]);
+    assert!(!s.contains("demo-key-not-shown"), "{s}");
+
     // q quits and gives the terminal back.
     tmux.keys(&["q"]);
     let deadline = Instant::now() + Duration::from_secs(10);

@@ -137,12 +137,16 @@ async fn read_only_use_is_reported_over_scoped_and_the_fix_asks_only_for_files_r
     );
     assert_eq!(r[0]["exercised"], serde_json::json!([]));
 
-    // The agent only ever reads.
-    let before_calls = time::OffsetDateTime::now_utc()
-        .replace_nanosecond(0)
-        .unwrap();
+    // The agent only ever reads: two calls, then (in a later second) a third.
     let http = reqwest::Client::new();
+    let mut before_last = time::OffsetDateTime::now_utc();
     for i in 0..3 {
+        if i == 2 {
+            tokio::time::sleep(Duration::from_millis(1100)).await;
+            before_last = time::OffsetDateTime::now_utc()
+                .replace_nanosecond(0)
+                .unwrap();
+        }
         let body = serde_json::json!({"jsonrpc":"2.0","id":i,"method":"tools/call","params":{"name":"read_file","arguments":{"path":"a"}}});
         let resp = http
             .post(format!("{base}/mcp/files"))
@@ -173,14 +177,15 @@ async fn read_only_use_is_reported_over_scoped_and_the_fix_asks_only_for_files_r
     );
     assert_eq!(c["exercised"][0]["scope"], "files.read");
     assert_eq!(c["exercised"][0]["calls"], 3);
-    // Last use: the time of the last of those calls (audit times have second precision).
+    // Last use: the time of the last of those calls, not the first (audit times have second
+    // precision, and the third call came at least a second after the first two).
     let last = time::OffsetDateTime::parse(
         c["exercised"][0]["last_used"].as_str().unwrap(),
         &time::format_description::well_known::Rfc3339,
     )
     .unwrap();
     assert!(
-        last >= before_calls && last <= time::OffsetDateTime::now_utc(),
+        last >= before_last && last <= time::OffsetDateTime::now_utc(),
         "{last} not within the calls"
     );
     assert_eq!(

@@ -301,7 +301,12 @@ impl Model {
         self.selected[i] = (cur + delta).clamp(0, n.saturating_sub(1) as isize) as usize;
     }
 
+    /// Re-filters the audit view. A cursor that was on the last row stays on the last row, so
+    /// the live tail survives a filter change (including one made in another view: the filter
+    /// is shared).
     fn rebuild_audit_view(&mut self) {
+        let i = Tab::Audit.index();
+        let tailing = self.selected[i] + 1 >= self.audit_view.len();
         let f = Filter::parse(&self.filter);
         self.audit_view = self
             .audit
@@ -310,6 +315,9 @@ impl Model {
             .filter(|(_, e)| f.matches_entry(e))
             .map(|(i, _)| i)
             .collect();
+        if tailing {
+            self.selected[i] = self.audit_view.len().saturating_sub(1);
+        }
     }
 
     fn push_audit(&mut self, entries: Vec<Entry>) {
@@ -765,6 +773,41 @@ pub(crate) mod tests {
         // A shorter reload pulls the cursor back.
         update(&mut m, Msg::Loaded(Loaded::Connections(vec![conn("a")])));
         assert_eq!(m.selected(), 0);
+    }
+
+    /// Regression: a filter typed in another view also filtered the audit entries that
+    /// arrived meanwhile; clearing it left the audit cursor mid-list, so the live tail stopped.
+    #[test]
+    fn the_live_tail_survives_a_filter_set_and_cleared_elsewhere() {
+        let mut m = Model::new(t(0), false);
+        update(
+            &mut m,
+            Msg::Loaded(Loaded::Audit(
+                (1..=5)
+                    .map(|i| entry(i, "admin", "user.add", "a", "ok"))
+                    .collect(),
+            )),
+        );
+        m.tab = Tab::Agents;
+        m.filter = "ci-bot".into();
+        update(
+            &mut m,
+            Msg::Loaded(Loaded::Audit(vec![
+                entry(6, "agent:ci-bot", "mcp.call", "demo", "ok"),
+                entry(7, "admin", "agent.revoke", "ci-bot", "ok"),
+                entry(8, "admin", "user.add", "b", "ok"),
+            ])),
+        );
+        update(&mut m, Msg::ClearFilter);
+        m.tab = Tab::Audit;
+        assert_eq!(m.current(), Some(7), "the cursor is on the newest entry");
+        update(
+            &mut m,
+            Msg::Loaded(Loaded::Audit(vec![entry(
+                9, "admin", "user.add", "c", "ok",
+            )])),
+        );
+        assert_eq!(m.current(), Some(8), "and keeps following");
     }
 
     #[test]
