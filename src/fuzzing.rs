@@ -3,6 +3,9 @@
 
 use chacha20poly1305::{KeyInit, XChaCha20Poly1305};
 
+use serde_json::Value;
+
+use crate::proxy::jsonrpc::{InspectError, Message};
 use crate::vault::seal;
 
 /// The decoders that read bytes from `secrets.redb`: sealed values and the vault header.
@@ -47,16 +50,169 @@ pub fn callback(data: &[u8]) {
     }
 }
 
-/// The proxy's JSON-RPC inspection: bodies agents send to `/mcp/{service}`.
+/// The proxy's JSON-RPC inspection: bodies agents send to `/mcp/{service}`. Also a
+/// differential check: the one-pass reader must answer as the two-pass reader it replaced
+/// (`jsonrpc_reference`), except on serde_json's private raw-value marker key, which `Value`
+/// treats specially (it unwraps a string value as nested JSON) and the one-pass reader treats
+/// as an ordinary key; both refuse such messages or read the same tool.
 pub fn jsonrpc(data: &[u8]) {
-    if let Ok(crate::proxy::jsonrpc::Message::Request { method, target, .. }) =
-        crate::proxy::jsonrpc::inspect(data)
-    {
+    let new = crate::proxy::jsonrpc::inspect(data);
+    if let Ok(crate::proxy::jsonrpc::Message::Request { method, target, .. }) = &new {
         // A request that names a tool always carries the name the policy will check.
         if method == "tools/call" {
             assert!(target.is_some());
         }
     }
+    let old = jsonrpc_reference(data);
+    if data.windows(21).any(|w| w == b"$serde_json::private:") {
+        if let (Ok(a), Ok(b)) = (&new, &old) {
+            assert_eq!(a, b);
+        }
+        return;
+    }
+    assert_eq!(new, old, "{:?}", String::from_utf8_lossy(data));
+}
+
+// The two-pass reader the proxy used before (a strict key pass, then a `Value` tree), kept
+// as the oracle of the differential check in `jsonrpc`.
+
+/// Upstreams may read JSON differently from us: last-wins or first-wins duplicate keys, and
+/// (Go's encoding/json) case-insensitive, Unicode-folded key matching. Refusing every
+/// duplicate, and every key that folds to one the policy reads without being it, leaves one
+/// reading (the go-sdk's GHSA-wvj2-96wp-fq3f was exactly this).
+fn ref_unambiguous(body: &[u8]) -> bool {
+    use serde::de::{DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
+    struct Strict;
+    impl<'de> DeserializeSeed<'de> for Strict {
+        type Value = ();
+        fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+            d.deserialize_any(self)
+        }
+    }
+    impl<'de> Visitor<'de> for Strict {
+        type Value = ();
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("JSON")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+            let mut seen = std::collections::HashSet::new();
+            while let Some(key) = map.next_key::<String>()? {
+                let folded = ref_fold(&key);
+                let sensitive = [
+                    "jsonrpc",
+                    "id",
+                    "method",
+                    "params",
+                    "name",
+                    "uri",
+                    "arguments",
+                ];
+                if !seen.insert(folded.clone())
+                    || (sensitive.contains(&folded.as_str()) && folded != key)
+                {
+                    return Err(serde::de::Error::custom("ambiguous key"));
+                }
+                map.next_value_seed(Strict)?;
+            }
+            Ok(())
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+            while seq.next_element_seed(Strict)?.is_some() {}
+            Ok(())
+        }
+        fn visit_bool<E>(self, _: bool) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_i64<E>(self, _: i64) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_u64<E>(self, _: u64) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_f64<E>(self, _: f64) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_str<E>(self, _: &str) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_unit<E>(self) -> Result<(), E> {
+            Ok(())
+        }
+    }
+    let _ = IgnoredAny;
+    let mut de = serde_json::Deserializer::from_slice(body);
+    Strict.deserialize(&mut de).is_ok() && de.end().is_ok()
+}
+
+/// Case folding as lenient JSON decoders apply it (including the long s and the Kelvin sign).
+fn ref_fold(key: &str) -> String {
+    // The usual case, and the same answer: ASCII folds to its ASCII lowercase.
+    if key.is_ascii() {
+        return key.to_ascii_lowercase();
+    }
+    key.chars()
+        .map(|c| match c {
+            '\u{17f}' => 's',
+            '\u{212a}' => 'k',
+            c => c.to_ascii_lowercase(),
+        })
+        .flat_map(char::to_lowercase)
+        .collect()
+}
+
+/// The two-pass reader's answer for `body`.
+pub fn jsonrpc_reference(body: &[u8]) -> Result<Message, InspectError> {
+    let v: Value = serde_json::from_slice(body).map_err(|_| InspectError::NotJson)?;
+    if !ref_unambiguous(body) {
+        return Err(InspectError::AmbiguousKey);
+    }
+    let obj = match v {
+        Value::Object(o) => o,
+        Value::Array(_) => return Err(InspectError::Batch),
+        _ => return Err(InspectError::NotJsonRpc),
+    };
+    if obj.get("jsonrpc").and_then(Value::as_str) != Some("2.0") {
+        return Err(InspectError::NotJsonRpc);
+    }
+    let Some(method) = obj.get("method") else {
+        return if obj.contains_key("result") || obj.contains_key("error") {
+            Ok(Message::Response)
+        } else {
+            Err(InspectError::NotJsonRpc)
+        };
+    };
+    let method = method.as_str().ok_or(InspectError::NotJsonRpc)?.to_owned();
+    let Some(id) = obj.get("id") else {
+        // Without an id a generic JSON-RPC server still runs the method: a `tools/call`
+        // notification must not slip past the tool check.
+        if !method.starts_with("notifications/") {
+            return Err(InspectError::NotANotification);
+        }
+        return Ok(Message::Notification { method });
+    };
+    if !(id.is_string() || id.is_i64() || id.is_u64()) {
+        return Err(InspectError::NotJsonRpc);
+    }
+    let field = match method.as_str() {
+        "tools/call" | "prompts/get" => Some("name"),
+        "resources/read" => Some("uri"),
+        _ => None,
+    };
+    let target = match field {
+        Some(f) => Some(
+            obj.get("params")
+                .and_then(|p| p.get(f))
+                .and_then(Value::as_str)
+                .ok_or_else(|| InspectError::MissingTarget(method.clone(), f))?
+                .to_owned(),
+        ),
+        None => None,
+    };
+    Ok(Message::Request {
+        id: id.clone(),
+        method,
+        target,
+    })
 }
 
 /// Splits fuzz input into a header line and a body, as a webhook request carries them.
