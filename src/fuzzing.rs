@@ -97,7 +97,8 @@ fn ref_unambiguous(body: &[u8]) -> bool {
         fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
             let mut seen = std::collections::HashSet::new();
             while let Some(key) = map.next_key::<String>()? {
-                let folded = ref_fold(&key);
+                // Folding itself is unchanged from the two-pass reader, so it is shared.
+                let folded = crate::proxy::jsonrpc::fold(&key);
                 let sensitive = [
                     "jsonrpc",
                     "id",
@@ -142,22 +143,6 @@ fn ref_unambiguous(body: &[u8]) -> bool {
     let _ = IgnoredAny;
     let mut de = serde_json::Deserializer::from_slice(body);
     Strict.deserialize(&mut de).is_ok() && de.end().is_ok()
-}
-
-/// Case folding as lenient JSON decoders apply it (including the long s and the Kelvin sign).
-fn ref_fold(key: &str) -> String {
-    // The usual case, and the same answer: ASCII folds to its ASCII lowercase.
-    if key.is_ascii() {
-        return key.to_ascii_lowercase();
-    }
-    key.chars()
-        .map(|c| match c {
-            '\u{17f}' => 's',
-            '\u{212a}' => 'k',
-            c => c.to_ascii_lowercase(),
-        })
-        .flat_map(char::to_lowercase)
-        .collect()
 }
 
 /// The two-pass reader's answer for `body`.

@@ -88,7 +88,7 @@ impl<'de> Keys<'de> {
 }
 
 /// Case folding as lenient JSON decoders apply it (including the long s and the Kelvin sign).
-fn fold(key: &str) -> String {
+pub(crate) fn fold(key: &str) -> String {
     // The usual case, and the same answer: ASCII folds to its ASCII lowercase.
     if key.is_ascii() {
         return key.to_ascii_lowercase();
