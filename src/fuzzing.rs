@@ -99,15 +99,7 @@ fn ref_unambiguous(body: &[u8]) -> bool {
             while let Some(key) = map.next_key::<String>()? {
                 // Folding itself is unchanged from the two-pass reader, so it is shared.
                 let folded = crate::proxy::jsonrpc::fold(&key);
-                let sensitive = [
-                    "jsonrpc",
-                    "id",
-                    "method",
-                    "params",
-                    "name",
-                    "uri",
-                    "arguments",
-                ];
+                let sensitive = crate::proxy::jsonrpc::SENSITIVE;
                 if !seen.insert(folded.clone())
                     || (sensitive.contains(&folded.as_str()) && folded != key)
                 {

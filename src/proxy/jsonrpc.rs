@@ -51,7 +51,7 @@ pub enum InspectError {
 
 /// The keys the policy reads. A key that folds to one of these without being it is refused at
 /// any depth (see `Keys`).
-const SENSITIVE: [&str; 7] = [
+pub(crate) const SENSITIVE: [&str; 7] = [
     "jsonrpc",
     "id",
     "method",
