@@ -821,7 +821,65 @@ pub struct Scheduler {
     wake: tokio::sync::Notify,
 }
 
+/// Where a stored connection belongs in the refresh schedule: its provider and when it is
+/// due, or nothing (API keys, connections with nothing to refresh).
+fn placement<'c>(
+    config: &'c crate::config::Config,
+    now: OffsetDateTime,
+    c: &Connection,
+    at_start: bool,
+) -> Option<(&'c str, OffsetDateTime)> {
+    let provider = match &config.services.get(&c.service)?.kind {
+        ServiceKind::Oauth { provider, .. } => provider.as_str(),
+        ServiceKind::ApiKey { .. } => return None,
+    };
+    // A marker with no backoff is a refresh in progress (its result reschedules it) —
+    // except at start, where it is a lost outcome to resolve now.
+    let due = if c.refresh.in_flight_since.is_some()
+        && c.refresh.retry_at.is_none()
+        && c.status == ConnectionStatus::Active
+    {
+        at_start.then_some(now)
+    } else {
+        schedule::due_at(c, random_unit())
+    }?;
+    Some((provider, due))
+}
+
+/// The start-up placements of every stored connection that has one, read before the
+/// scheduler exists (`Scheduler::preload`).
+pub struct Preloaded(Vec<(String, String, OffsetDateTime)>);
+
+impl Preloaded {
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
 impl Scheduler {
+    /// Reads where every stored connection belongs in the schedule, before the gateway is
+    /// shared: `serve` does this right after reconciliation, then drops the store's page
+    /// cache, so the scan of a million connections does not leave the cache full at rest.
+    /// Nothing may write connections between this and `start_with` (at start-up nothing does:
+    /// the listeners and the admin socket are not serving yet).
+    pub fn preload(
+        gateway: &Gateway,
+        now: OffsetDateTime,
+    ) -> Result<Preloaded, crate::store::StoreError> {
+        let mut out = Vec::new();
+        gateway.store.read()?.for_each_connection(|c| {
+            if let Some((provider, due)) = placement(&gateway.config, now, &c, true) {
+                out.push((c.id, provider.to_owned(), due));
+            }
+            Ok(())
+        })?;
+        Ok(Preloaded(out))
+    }
+
     /// Loads every connection (streaming), spreads what is overdue over `spread`, subscribes
     /// to connection writes and starts the loop.
     pub async fn start(
@@ -829,6 +887,17 @@ impl Scheduler {
         per_provider: usize,
         spread: Duration,
         shutdown: tokio::sync::watch::Receiver<bool>,
+    ) -> Result<Arc<Self>, RefreshError> {
+        Self::start_with(refresher, per_provider, spread, shutdown, None).await
+    }
+
+    /// `start`, with the placements `preload` read instead of a scan of its own.
+    pub async fn start_with(
+        refresher: Arc<Refresher>,
+        per_provider: usize,
+        spread: Duration,
+        shutdown: tokio::sync::watch::Receiver<bool>,
+        preloaded: Option<Preloaded>,
     ) -> Result<Arc<Self>, RefreshError> {
         let s = Arc::new(Self {
             refresher,
@@ -851,16 +920,25 @@ impl Scheduler {
                     s.wake.notify_one();
                 }
             }));
-        let s2 = s.clone();
-        tokio::task::spawn_blocking(move || {
-            s2.refresher.gateway.store.read()?.for_each_connection(|c| {
-                s2.track(&c, true);
-                Ok(())
-            })
-        })
-        .await
-        .map_err(internal)?
-        .map_err(internal)?;
+        match preloaded {
+            Some(Preloaded(placements)) => {
+                for (id, provider, due) in &placements {
+                    s.place(id, Some((provider, *due)));
+                }
+            }
+            None => {
+                let s2 = s.clone();
+                tokio::task::spawn_blocking(move || {
+                    s2.refresher.gateway.store.read()?.for_each_connection(|c| {
+                        s2.track(&c, true);
+                        Ok(())
+                    })
+                })
+                .await
+                .map_err(internal)?
+                .map_err(internal)?;
+            }
+        }
         let now = s.refresher.clock.now();
         if let Ok(mut sched) = s.schedule.lock() {
             sched.spread_overdue(now, spread, random_unit);
@@ -879,40 +957,26 @@ impl Scheduler {
 
     /// Puts `c` where it belongs in the schedule (or takes it out).
     fn track(&self, c: &Connection, at_start: bool) {
-        let provider = match self.refresher.gateway.config.services.get(&c.service) {
-            Some(svc) => match &svc.kind {
-                ServiceKind::Oauth { provider, .. } => Some(provider.as_str()),
-                ServiceKind::ApiKey { .. } => None,
-            },
-            None => None,
-        };
-        // A marker with no backoff is a refresh in progress (its result reschedules it) —
-        // except at start, where it is a lost outcome to resolve now.
-        let due = match provider {
-            Some(_)
-                if c.refresh.in_flight_since.is_some()
-                    && c.refresh.retry_at.is_none()
-                    && c.status == ConnectionStatus::Active =>
-            {
-                at_start.then(|| self.refresher.clock.now())
-            }
-            Some(_) => schedule::due_at(c, random_unit()),
-            None => None,
-        };
+        let now = self.refresher.clock.now();
+        let placed = placement(&self.refresher.gateway.config, now, c, at_start);
+        self.place(&c.id, placed);
+    }
+
+    fn place(&self, id: &str, placed: Option<(&str, OffsetDateTime)>) {
         let Ok(mut sched) = self.schedule.lock() else {
             return;
         };
-        match (due, provider) {
-            (Some(d), Some(p)) => {
-                sched.upsert(&c.id, d);
+        match placed {
+            Some((provider, due)) => {
+                sched.upsert(id, due);
                 if let Ok(mut m) = self.provider_of.lock() {
-                    m.insert(Arc::from(c.id.as_str()), Arc::from(p));
+                    m.insert(Arc::from(id), Arc::from(provider));
                 }
             }
-            _ => {
-                sched.remove(&c.id);
+            None => {
+                sched.remove(id);
                 if let Ok(mut m) = self.provider_of.lock() {
-                    m.remove(c.id.as_str());
+                    m.remove(id);
                 }
             }
         }

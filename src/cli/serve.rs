@@ -157,6 +157,16 @@ fn run(
     let report = gateway
         .reconcile()
         .context("start-up reconciliation failed")?;
+    // The refresh scheduler's start-up read of every connection happens here too, before the
+    // caches start over (the scheduler keeps only the placements).
+    let preloaded = if gateway.config.limits.proactive_refresh {
+        Some(
+            crate::lifecycle::Scheduler::preload(&gateway, time::OffsetDateTime::now_utc())
+                .context("cannot read the connections to schedule their refreshes")?,
+        )
+    } else {
+        None
+    };
     // Reconciliation read every page of both files; memory at rest must not depend on how
     // many connections are stored, so both caches start over.
     gateway
@@ -194,6 +204,7 @@ fn run(
         listener,
         demo,
         lifecycle.handle().clone(),
+        preloaded,
     ));
     lifecycle.shutdown_timeout(std::time::Duration::from_secs(2));
     result
@@ -216,6 +227,7 @@ async fn run_async(
     prebound: Option<std::net::TcpListener>,
     demo: Option<Arc<DemoProvider>>,
     lifecycle: tokio::runtime::Handle,
+    preloaded: Option<crate::lifecycle::Preloaded>,
 ) -> anyhow::Result<()> {
     let limits = gateway.config.limits.clone();
     let listener = match prebound {
@@ -257,11 +269,12 @@ async fn run_async(
         )
     };
     if gateway.config.limits.proactive_refresh {
-        let start = crate::lifecycle::Scheduler::start(
+        let start = crate::lifecycle::Scheduler::start_with(
             refresher.clone(),
             gateway.config.limits.refresh_concurrency_per_provider,
             time::Duration::seconds(gateway.config.limits.refresh_startup_spread_secs as i64),
             rx.clone(),
+            preloaded,
         );
         let scheduler = lifecycle.spawn(start).await??;
         tracing::info!(scheduled = scheduler.len(), "refresh scheduler started");
