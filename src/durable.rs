@@ -27,23 +27,37 @@ pub fn begin_durable(db: &Database) -> Result<WriteTransaction, StorageError> {
     Ok(txn)
 }
 
+/// The cache for start-up's scans (reconciliation, the refresh scheduler's preload), which
+/// read every page once: a cache that filled up there would be freed afterwards, but the
+/// allocator keeps freed memory for reuse instead of returning it, so it would stay in RSS at
+/// rest (measured: 70 MiB at rest with a million connections against 36 MiB with a thousand).
+pub const START_UP_CACHE_BYTES: usize = 1024 * 1024;
+
 pub fn builder() -> redb::Builder {
+    builder_with_cache(CACHE_BYTES)
+}
+
+fn builder_with_cache(bytes: usize) -> redb::Builder {
     let mut b = redb::Builder::new();
-    b.set_cache_size(CACHE_BYTES);
+    b.set_cache_size(bytes);
     b
 }
 
-/// Closes `db` and opens `path` again, so its page cache starts empty. Start-up's scans read
-/// every page once; without this, memory at rest would hold a cache full of them and grow with
-/// the number of stored connections up to the cap. redb allows one handle per file, so a
-/// throwaway in-memory database stands in between. On an error `db` is that placeholder and
-/// the caller must stop.
-pub fn reopen(db: &mut Database, path: &std::path::Path) -> Result<(), StorageError> {
+/// Closes `db` and opens `path` again with a page cache of `cache_bytes`, empty. redb allows
+/// one handle per file, so a throwaway in-memory database stands in between. On an error `db`
+/// is that placeholder and the caller must stop.
+pub fn reopen(
+    db: &mut Database,
+    path: &std::path::Path,
+    cache_bytes: usize,
+) -> Result<(), StorageError> {
     let placeholder = redb::Builder::new()
         .create_with_backend(redb::backends::InMemoryBackend::new())
         .map_err(storage)?;
     drop(std::mem::replace(db, placeholder));
-    *db = builder().open(path).map_err(storage)?;
+    *db = builder_with_cache(cache_bytes)
+        .open(path)
+        .map_err(storage)?;
     Ok(())
 }
 

@@ -306,9 +306,10 @@ impl Store {
         }
     }
 
-    /// Empties the page cache (see `durable::reopen`); only before serving starts.
-    pub fn drop_page_cache(&mut self, path: &Path) -> Result<(), StoreError> {
-        crate::durable::reopen(&mut self.db, path).map_err(|e| st(e.0))
+    /// Reopens the file with an empty page cache of `bytes` (see `durable::reopen`); only
+    /// before serving starts.
+    pub fn reset_page_cache(&mut self, path: &Path, bytes: usize) -> Result<(), StoreError> {
+        crate::durable::reopen(&mut self.db, path, bytes).map_err(|e| st(e.0))
     }
 
     /// Verifies the whole chain, including the head's HMAC.

@@ -83,10 +83,11 @@ pub struct Vault {
 }
 
 impl Vault {
-    /// Empties the page cache (see `durable::reopen`); only before serving starts.
-    pub fn drop_page_cache(&mut self) -> Result<(), VaultError> {
+    /// Reopens the file with an empty page cache of `bytes` (see `durable::reopen`); only
+    /// before serving starts.
+    pub fn reset_page_cache(&mut self, bytes: usize) -> Result<(), VaultError> {
         let path = self.path.clone();
-        crate::durable::reopen(&mut self.db, &path)?;
+        crate::durable::reopen(&mut self.db, &path, bytes)?;
         Ok(())
     }
 }

@@ -154,29 +154,7 @@ fn run(
     demo: Option<Arc<DemoProvider>>,
 ) -> anyhow::Result<()> {
     let mut gateway = gateway;
-    let report = gateway
-        .reconcile()
-        .context("start-up reconciliation failed")?;
-    // The refresh scheduler's start-up read of every connection happens here too, before the
-    // caches start over (the scheduler keeps only the placements).
-    let preloaded = if gateway.config.limits.proactive_refresh {
-        Some(
-            crate::lifecycle::Scheduler::preload(&gateway, time::OffsetDateTime::now_utc())
-                .context("cannot read the connections to schedule their refreshes")?,
-        )
-    } else {
-        None
-    };
-    // Reconciliation read every page of both files; memory at rest must not depend on how
-    // many connections are stored, so both caches start over.
-    gateway
-        .vault
-        .drop_page_cache()
-        .context("cannot reopen the vault")?;
-    gateway
-        .store
-        .drop_page_cache(&dir.store_path())
-        .context("cannot reopen the store")?;
+    let (report, preloaded) = start_up_reads(&dir, &mut gateway)?;
     let gateway = Arc::new(gateway);
     if report.orphan_secrets_deleted + report.connections_needing_reauth > 0 {
         tracing::warn!(
@@ -208,6 +186,51 @@ fn run(
     ));
     lifecycle.shutdown_timeout(std::time::Duration::from_secs(2));
     result
+}
+
+/// Start-up's reads of every stored connection (reconciliation, the refresh scheduler's
+/// placements), on small page caches; then both databases reopened with their serving caches,
+/// empty.
+fn start_up_reads(
+    dir: &DataDir,
+    gateway: &mut Gateway,
+) -> anyhow::Result<(
+    crate::gateway::ReconcileReport,
+    Option<crate::lifecycle::Preloaded>,
+)> {
+    use crate::durable::{CACHE_BYTES, START_UP_CACHE_BYTES};
+    // These reads touch every page once: a small cache serves them as well, and leaves
+    // nothing large behind (see START_UP_CACHE_BYTES).
+    reset_page_caches(dir, gateway, START_UP_CACHE_BYTES)?;
+    let report = gateway
+        .reconcile()
+        .context("start-up reconciliation failed")?;
+    // The refresh scheduler's start-up read of every connection happens here too, before the
+    // caches start over (the scheduler keeps only the placements).
+    let preloaded = if gateway.config.limits.proactive_refresh {
+        Some(
+            crate::lifecycle::Scheduler::preload(gateway, time::OffsetDateTime::now_utc())
+                .context("cannot read the connections to schedule their refreshes")?,
+        )
+    } else {
+        None
+    };
+    // Serving gets the full caches, empty: memory at rest does not depend on how many
+    // connections are stored.
+    reset_page_caches(dir, gateway, CACHE_BYTES)?;
+    Ok((report, preloaded))
+}
+
+fn reset_page_caches(dir: &DataDir, gateway: &mut Gateway, bytes: usize) -> anyhow::Result<()> {
+    gateway
+        .vault
+        .reset_page_cache(bytes)
+        .context("cannot reopen the vault")?;
+    gateway
+        .store
+        .reset_page_cache(&dir.store_path(), bytes)
+        .context("cannot reopen the store")?;
+    Ok(())
 }
 
 /// Nice 19 for the calling thread (on Linux, nice is per thread): when the CPU is contended
