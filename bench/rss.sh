@@ -5,7 +5,7 @@
 # for one of those users with wrk. Prints start-up time, RSS when idle, RSS after the load and
 # after a /metrics scrape, and the files' sizes. redb's page cache is capped (durable.rs), and
 # nothing on the request path loads all connections, so RSS should not grow with N.
-#   usage: bash bench/rss.sh [N ...]     (default: 1000 1000000; 1M takes a few minutes and ~10 GB)
+#   usage: bash bench/rss.sh [N ...]     (default: 1000 1000000; 1M takes about a minute and ~0.9 GB of disk)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 REL=${CARGO_TARGET_DIR:-target}/release   # a profiling build may live elsewhere
