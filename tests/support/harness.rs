@@ -311,19 +311,44 @@ pub fn raw_http(addr: SocketAddr, request: &[u8]) -> String {
     String::from_utf8_lossy(&buf).into_owned()
 }
 
+/// A child process that is killed when dropped, so a failing test leaves no server behind.
+pub struct KillOnDrop(pub Child);
+
+impl std::ops::Deref for KillOnDrop {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for KillOnDrop {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Starts `serve --dev --listen 127.0.0.1:0` with its temporary folder under `tmp`, waits
-/// until it is ready, and returns it with what it printed.
-pub fn start_dev(tmp: &Path) -> (Child, String) {
+/// until it is ready, and returns it (killed if the test fails first) with what it printed.
+pub fn start_dev(tmp: &Path) -> (KillOnDrop, String) {
     let out_path = tmp.join("dev.out");
-    let mut child = Command::new(bin())
-        .args(["serve", "--dev", "--listen", "127.0.0.1:0"])
-        .env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .env("TMPDIR", tmp)
-        .stdout(std::fs::File::create(&out_path).unwrap())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = KillOnDrop(
+        Command::new(bin())
+            .args(["serve", "--dev", "--listen", "127.0.0.1:0"])
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("TMPDIR", tmp)
+            .stdout(std::fs::File::create(&out_path).unwrap())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let out = std::fs::read_to_string(&out_path).unwrap();
