@@ -681,7 +681,7 @@ fn check_service(
             format!(
                 "{}: unknown tool map {n:?} (built in: {}; or \"none\")",
                 key("tool_map"),
-                crate::scopes::builtin::NAMES.join(", ")
+                crate::scopes::builtin::names()
             )
         })?),
         None => crate::scopes::builtin::for_url(&mcp_url).and_then(crate::scopes::builtin::by_name),

@@ -850,16 +850,6 @@ fn placement<'c>(
 /// scheduler exists (`Scheduler::preload`).
 pub struct Preloaded(Vec<(String, String, OffsetDateTime)>);
 
-impl Preloaded {
-    pub fn len(&self) -> usize {
-        self.0.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-}
-
 impl Scheduler {
     /// Reads where every stored connection belongs in the schedule, before the gateway is
     /// shared: `serve` does this right after reconciliation, then drops the store's page

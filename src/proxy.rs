@@ -192,7 +192,7 @@ impl Proxy {
         refresher: Arc<crate::lifecycle::Refresher>,
     ) -> Self {
         #[allow(clippy::expect_used)] // the platform's roots load at start or nothing works.
-        upstream::client().expect("TLS roots for the upstream client");
+        upstream::tls_config().expect("TLS roots for the upstream client");
         let targets = gateway
             .config
             .services

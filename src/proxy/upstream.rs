@@ -23,13 +23,25 @@ use tokio::time::{Instant, Sleep};
 
 pub type Upstream = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
 
-/// The pooled client. TLS verification uses the platform's roots, as reqwest did for us.
-pub fn client() -> Result<Upstream, rustls::Error> {
+/// The TLS configuration every listener thread's pool shares: verification uses the
+/// platform's roots, as reqwest did for us, and one verifier loads them once for the process
+/// (not once per thread).
+pub fn tls_config() -> Result<&'static rustls::ClientConfig, rustls::Error> {
+    static TLS: std::sync::OnceLock<rustls::ClientConfig> = std::sync::OnceLock::new();
+    if let Some(c) = TLS.get() {
+        return Ok(c);
+    }
     use rustls_platform_verifier::BuilderVerifierExt;
     let _ = rustls::crypto::ring::default_provider().install_default();
     let tls = rustls::ClientConfig::builder()
         .with_platform_verifier()?
         .with_no_client_auth();
+    Ok(TLS.get_or_init(|| tls))
+}
+
+/// A pooled client on the shared TLS configuration.
+pub fn client() -> Result<Upstream, rustls::Error> {
+    let tls = tls_config()?.clone();
     let mut http = HttpConnector::new();
     http.enforce_http(false);
     http.set_nodelay(true);
@@ -53,8 +65,8 @@ thread_local! {
     static CLIENT: std::cell::OnceCell<Upstream> = const { std::cell::OnceCell::new() };
 }
 
-/// Sends `req` on this thread's pool. `client()` was checked once at start (`Proxy::new`), so
-/// building a thread's pool cannot fail later.
+/// Sends `req` on this thread's pool. The TLS configuration was made once at start
+/// (`Proxy::new`), so building a thread's pool cannot fail later.
 pub fn request(req: hyper::Request<Full<Bytes>>) -> hyper_util::client::legacy::ResponseFuture {
     #[allow(clippy::expect_used)] // invariant: checked at start, see above.
     CLIENT.with(|c| {

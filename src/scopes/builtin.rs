@@ -7,16 +7,20 @@
 //! publish one scope list per server, not per tool, so they have no map: their services report
 //! "no tool map" until one is configured.
 
-/// A built-in map by the name `tool_map = "…"` selects.
-pub fn by_name(name: &str) -> Option<&'static [(&'static str, &'static [&'static str])]> {
-    match name {
-        "github-mcp-server" => Some(GITHUB_MCP_SERVER),
-        _ => None,
-    }
+type ToolMap = &'static [(&'static str, &'static [&'static str])];
+
+/// Every built-in map, by the name `tool_map = "…"` selects.
+const MAPS: &[(&str, ToolMap)] = &[("github-mcp-server", GITHUB_MCP_SERVER)];
+
+pub fn by_name(name: &str) -> Option<ToolMap> {
+    MAPS.iter().find(|(n, _)| *n == name).map(|(_, m)| *m)
 }
 
 /// The names `tool_map` accepts, for error messages.
-pub const NAMES: &[&str] = &["github-mcp-server"];
+pub fn names() -> String {
+    let names: Vec<&str> = MAPS.iter().map(|(n, _)| *n).collect();
+    names.join(", ")
+}
 
 /// The built-in map to use when a service names none: by the well-known URL of the hosted
 /// server it points at.
@@ -142,7 +146,8 @@ mod tests {
 
     #[test]
     fn maps_are_found_by_name_and_by_hosted_url() {
-        assert!(NAMES.iter().all(|n| by_name(n).is_some()));
+        assert_eq!(names(), "github-mcp-server");
+        assert!(by_name("github-mcp-server").is_some());
         assert!(by_name("slack").is_none());
         let gh = url::Url::parse("https://api.githubcopilot.com/mcp/")
             .unwrap_or_else(|_| unreachable!());

@@ -122,9 +122,7 @@ struct Body<'a> {
 
 impl Entry {
     pub fn chain(seq: u64, time: OffsetDateTime, event: &Event, prev_hash: &str) -> Entry {
-        let mut e = Entry::chain_unhashed(seq, time, event, prev_hash);
-        e.hash = e.compute_hash();
-        e
+        Entry::chain_encoded(seq, time, event.clone(), prev_hash).0
     }
 
     /// `chain`, also returning the entry as stored (its JSON), built from the hashed body's
@@ -166,25 +164,6 @@ impl Entry {
             json.extend_from_slice(part.as_bytes());
         }
         (e, json)
-    }
-
-    fn chain_unhashed(seq: u64, time: OffsetDateTime, event: &Event, prev_hash: &str) -> Entry {
-        let details = event
-            .details
-            .iter()
-            .map(|(k, v)| (escape_untrusted(k), escape_untrusted(v)))
-            .collect();
-        Entry {
-            seq,
-            time,
-            actor: escape_untrusted(&event.actor),
-            action: escape_untrusted(&event.action),
-            target: escape_untrusted(&event.target),
-            outcome: escape_untrusted(&event.outcome),
-            details,
-            prev_hash: prev_hash.to_owned(),
-            hash: String::new(),
-        }
     }
 
     fn body_json(&self) -> Vec<u8> {
@@ -410,7 +389,7 @@ mod tests {
     }
 
     /// The spliced stored form is byte for byte what serializing the entry gives, escapes,
-    /// details and all, and carries the same hash as `chain`.
+    /// details and all, and carries the hash verification recomputes.
     #[test]
     fn the_encoded_entry_is_the_serialized_entry() {
         let event = Event::new("agent:a\"b", "mcp.call", "files\u{1b}[2J", "ok")
@@ -420,7 +399,10 @@ mod tests {
         let t = OffsetDateTime::UNIX_EPOCH + time::Duration::nanoseconds(1_234_567_891);
         let prev = "ab".repeat(32);
         let (e, json) = Entry::chain_encoded(42, t, event.clone(), &prev);
-        assert_eq!(e, Entry::chain(42, t, &event, &prev));
+        // The hash is the chain's (what verification recomputes), over escaped fields.
+        assert_eq!(e.hash, e.compute_hash());
+        assert_eq!(e.target, "files\\u{1b}[2J");
+        assert_eq!(e.details["\\u{202e}k"], "v\\u{0}");
         assert_eq!(json, serde_json::to_vec(&e).unwrap());
         assert_eq!(serde_json::from_slice::<Entry>(&json).unwrap(), e);
     }
