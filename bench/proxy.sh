@@ -3,6 +3,8 @@
 #   1. to the upstream directly,
 #   2. through nginx as a plain header-injecting reverse proxy (keepalive pool),
 #   3. through Scopegate (agent token in, the user's API key out, policy, audit),
+#   4. through a bare hyper relay (examples/bench_hyper_relay.rs: Scopegate's two hyper hops
+#      and nothing else), the floor under Scopegate's proxy as built on hyper,
 # at concurrency 1, 16 and 64, with wrk. Prints requests/s, p50/p99 latency, the proxy's CPU
 # per request (from /proc utime+stime) and its RSS. Everything shares this machine's cores
 # with wrk, so compare rows, not absolutes.   usage: bash bench/proxy.sh [seconds per run]
@@ -13,15 +15,16 @@ DUR=${1:-10}
 for tool in wrk nginx; do
   command -v "$tool" >/dev/null || { [ "$(id -u)" = 0 ] && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk nginx-light >/dev/null; }
 done
-cargo build --release --locked --bin scopegate --example bench_upstream 2>&1 | tail -1
+cargo build --release --locked --bin scopegate --example bench_upstream --example bench_hyper_relay 2>&1 | tail -1
 T=$(mktemp -d); chmod 700 "$T"
 KEY=bench-upstream-key-0d2c9e
-UP=19701; NG=19702; GW=19703
+UP=19701; NG=19702; GW=19703; HR=19704
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$T"; }
 trap cleanup EXIT
 
 $REL/examples/bench_upstream $UP $KEY >/dev/null & pids+=($!)
+$REL/examples/bench_hyper_relay $HR "http://127.0.0.1:$UP/mcp" $KEY >/dev/null & HR_PID=$!; pids+=($HR_PID)
 
 cat > "$T/nginx.conf" <<CONF
 worker_processes 1; daemon off; pid $T/nginx.pid; error_log $T/nginx.err;
@@ -108,13 +111,14 @@ for c in 1 16 64; do
   run direct    $c "http://127.0.0.1:$UP/mcp"       -               X-API-Key     "$KEY"
   run nginx     $c "http://127.0.0.1:$NG/mcp"       "$NGINX_WORKER" Authorization "Bearer unused"
   run scopegate $c "http://127.0.0.1:$GW/mcp/bench" "$SG_PID"       Authorization "Bearer $TOKEN"
+  run hyper     $c "http://127.0.0.1:$HR/mcp"       "$HR_PID"       Authorization "Bearer unused"
 done
 echo
 echo "against nginx (targets: throughput >= 0.9x, CPU/req <= 1.5x, added p50 at c=1 <= nginx's + 10 us)"
 awk '{ rps[$1,$2]=$3; p50[$1,$2]=$4; cpu[$1,$2]=$5 }
   END {
     for (i = 1; i <= 3; i++) { c = (i == 1 ? 1 : (i == 2 ? 16 : 64))
-      printf "c=%-3s throughput %.2fx   cpu/req %.2fx\n", c, rps["scopegate",c]/rps["nginx",c], cpu["scopegate",c]/cpu["nginx",c] }
-    printf "added p50 at c=1: nginx %d us, scopegate %d us\n", p50["nginx",1]-p50["direct",1], p50["scopegate",1]-p50["direct",1]
+      printf "c=%-3s throughput %.2fx   cpu/req %.2fx   (bare hyper relay: %.2fx, %.2fx)\n", c, rps["scopegate",c]/rps["nginx",c], cpu["scopegate",c]/cpu["nginx",c], rps["hyper",c]/rps["nginx",c], cpu["hyper",c]/cpu["nginx",c] }
+    printf "added p50 at c=1: nginx %d us, scopegate %d us, bare hyper relay %d us\n", p50["nginx",1]-p50["direct",1], p50["scopegate",1]-p50["direct",1], p50["hyper",1]-p50["direct",1]
   }' "$T/rows"
 echo "audit entries written: $($SG audit verify | awk '{print $4}')"
