@@ -7,7 +7,7 @@
 #      and nothing else), the floor under Scopegate's proxy as built on hyper,
 # at concurrency 1, 16 and 64, with wrk. Prints requests/s, p50/p99 latency, the proxy's CPU
 # per request (from /proc utime+stime) and its RSS. Everything shares this machine's cores
-# with wrk, so compare rows, not absolutes.   usage: bash bench/proxy.sh [seconds per run]
+# with wrk, so compare rows, not absolutes.   usage: [ROUNDS=N] bash bench/proxy.sh [seconds per run]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 REL=${CARGO_TARGET_DIR:-target}/release   # a profiling build may live elsewhere
@@ -106,17 +106,26 @@ if [ -n "${PERF:-}" ]; then # PERF=1: profile Scopegate at concurrency 16 instea
   HDR_NAME=Authorization HDR_VALUE="Bearer $TOKEN" wrk -t2 -c16 -d${DUR}s -s "$T/post.lua" "http://127.0.0.1:$GW/mcp/bench" | grep Requests/sec
   wait "$perf_pid"; exit 0 # (a bare wait would wait for the servers too)
 fi
-# Interleaved per concurrency, so drift on a shared machine hits all three alike.
-for c in 1 16 64; do
-  run direct    $c "http://127.0.0.1:$UP/mcp"       -               X-API-Key     "$KEY"
-  run nginx     $c "http://127.0.0.1:$NG/mcp"       "$NGINX_WORKER" Authorization "Bearer unused"
-  run scopegate $c "http://127.0.0.1:$GW/mcp/bench" "$SG_PID"       Authorization "Bearer $TOKEN"
-  run hyper     $c "http://127.0.0.1:$HR/mcp"       "$HR_PID"       Authorization "Bearer unused"
+# Interleaved per concurrency, so drift on a shared machine hits all four alike; ROUNDS=N
+# repeats the whole table and the summary takes each cell's median over the rounds.
+for round in $(seq "${ROUNDS:-1}"); do
+  [ "${ROUNDS:-1}" -gt 1 ] && echo "round $round"
+  for c in 1 16 64; do
+    run direct    $c "http://127.0.0.1:$UP/mcp"       -               X-API-Key     "$KEY"
+    run nginx     $c "http://127.0.0.1:$NG/mcp"       "$NGINX_WORKER" Authorization "Bearer unused"
+    run scopegate $c "http://127.0.0.1:$GW/mcp/bench" "$SG_PID"       Authorization "Bearer $TOKEN"
+    run hyper     $c "http://127.0.0.1:$HR/mcp"       "$HR_PID"       Authorization "Bearer unused"
+  done
 done
 echo
 echo "against nginx (targets: throughput >= 0.9x, CPU/req <= 1.5x, added p50 at c=1 <= nginx's + 10 us)"
-awk '{ rps[$1,$2]=$3; p50[$1,$2]=$4; cpu[$1,$2]=$5 }
+[ "${ROUNDS:-1}" -gt 1 ] && echo "(medians of ${ROUNDS} rounds)"
+awk 'function med(k, field,   i, j, n, t, v) { n = cnt[k]; for (i = 1; i <= n; i++) v[i] = val[k, field, i]
+       for (i = 2; i <= n; i++) { t = v[i]; for (j = i - 1; j >= 1 && v[j] > t; j--) v[j + 1] = v[j]; v[j + 1] = t }
+       return (n % 2) ? v[(n + 1) / 2] : (v[n / 2] + v[n / 2 + 1]) / 2 }
+  { k = $1 SUBSEP $2; n = ++cnt[k]; val[k, 3, n] = $3; val[k, 4, n] = $4; val[k, 5, n] = $5 }
   END {
+    for (k in cnt) { rps[k] = med(k, 3); p50[k] = med(k, 4); cpu[k] = med(k, 5) }
     for (i = 1; i <= 3; i++) { c = (i == 1 ? 1 : (i == 2 ? 16 : 64))
       printf "c=%-3s throughput %.2fx   cpu/req %.2fx   (bare hyper relay: %.2fx, %.2fx)\n", c, rps["scopegate",c]/rps["nginx",c], cpu["scopegate",c]/cpu["nginx",c], rps["hyper",c]/rps["nginx",c], cpu["hyper",c]/cpu["nginx",c] }
     printf "added p50 at c=1: nginx %d us, scopegate %d us, bare hyper relay %d us\n", p50["nginx",1]-p50["direct",1], p50["scopegate",1]-p50["direct",1], p50["hyper",1]-p50["direct",1]
