@@ -24,7 +24,10 @@ static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 async fn main() {
     let mut args = std::env::args().skip(1);
     let port: u16 = args.next().and_then(|p| p.parse().ok()).expect("PORT");
-    let upstream: Uri = args.next().and_then(|u| u.parse().ok()).expect("UPSTREAM_URL");
+    let upstream: Uri = args
+        .next()
+        .and_then(|u| u.parse().ok())
+        .expect("UPSTREAM_URL");
     let key = HeaderValue::from_str(&args.next().expect("API_KEY")).expect("API_KEY");
     let mut connector = HttpConnector::new();
     connector.set_nodelay(true);

@@ -13,14 +13,23 @@ const BODY_LEN: usize = 43;
 const CHECK_LEN: usize = 8;
 pub const TOKEN_LEN: usize = PREFIX.len() + BODY_LEN + CHECK_LEN;
 
-fn checksum(body: &[u8]) -> String {
-    hex(&Sha256::digest([b"scopegate-agent-token:".as_slice(), body].concat())[..CHECK_LEN / 2])
+fn checksum(body: &[u8]) -> [u8; CHECK_LEN] {
+    let digest = Sha256::new()
+        .chain_update(b"scopegate-agent-token:")
+        .chain_update(body)
+        .finalize();
+    let mut out = [0u8; CHECK_LEN];
+    out.copy_from_slice(hex(&digest[..CHECK_LEN / 2]).as_bytes());
+    out
 }
 
 pub fn generate() -> SecretBytes {
     let body = URL_SAFE_NO_PAD.encode(random_array::<32>());
-    let check = checksum(body.as_bytes());
-    SecretBytes::new(format!("{PREFIX}{body}{check}").into_bytes())
+    let mut token = Vec::with_capacity(TOKEN_LEN);
+    token.extend_from_slice(PREFIX.as_bytes());
+    token.extend_from_slice(body.as_bytes());
+    token.extend_from_slice(&checksum(body.as_bytes()));
+    SecretBytes::new(token)
 }
 
 /// Shape and checksum only; says nothing about whether the token is known.
@@ -33,7 +42,7 @@ pub fn well_formed(token: &[u8]) -> bool {
     body.iter()
         .all(|b| b.is_ascii_alphanumeric() || *b == b'-' || *b == b'_')
         && bool::from(subtle::ConstantTimeEq::ct_eq(
-            checksum(body).as_bytes(),
+            checksum(body).as_slice(),
             check,
         ))
 }

@@ -48,13 +48,19 @@ const FORWARD_REQUEST: [&str; 6] = [
     "last-event-id",
 ];
 /// Response headers passed back; upstream's WWW-Authenticate and cookies are not the agent's.
-const FORWARD_RESPONSE: [&str; 5] = [
-    "content-type",
-    "mcp-session-id",
-    "mcp-protocol-version",
-    "cache-control",
-    "retry-after",
+const FORWARD_RESPONSE: [HeaderName; 5] = [
+    header::CONTENT_TYPE,
+    MCP_SESSION_ID,
+    MCP_PROTOCOL_VERSION,
+    header::CACHE_CONTROL,
+    header::RETRY_AFTER,
 ];
+// Header names made once, not parsed from a string on every call.
+const MCP_PROTOCOL_VERSION: HeaderName = HeaderName::from_static("mcp-protocol-version");
+const MCP_METHOD: HeaderName = HeaderName::from_static("mcp-method");
+const MCP_NAME: HeaderName = HeaderName::from_static("mcp-name");
+const MCP_SESSION_ID: HeaderName = HeaderName::from_static("mcp-session-id");
+const X_ACCEL_BUFFERING: HeaderName = HeaderName::from_static("x-accel-buffering");
 
 /// Upstream session ids bound to (service, agent) (I14), with a cap: at the cap the oldest
 /// binding goes, never all of them.
@@ -524,7 +530,7 @@ pub async fn handle(proxy: Arc<Proxy>, service: &str, req: Request<Incoming>) ->
         return audit_unavailable();
     }
     let version = headers
-        .get("mcp-protocol-version")
+        .get(MCP_PROTOCOL_VERSION)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
     let stateless = !version.is_empty() && version >= STATELESS_REVISION;
@@ -563,8 +569,8 @@ pub async fn handle(proxy: Arc<Proxy>, service: &str, req: Request<Incoming>) ->
     // Checked whenever present (and required when stateless), so an upstream that routes on
     // these headers cannot be told something the body does not say.
     if let Some(m) = &message {
-        let header_method = headers.get("mcp-method").and_then(|v| v.to_str().ok());
-        let header_name = headers.get("mcp-name").and_then(|v| v.to_str().ok());
+        let header_method = headers.get(MCP_METHOD).and_then(|v| v.to_str().ok());
+        let header_name = headers.get(MCP_NAME).and_then(|v| v.to_str().ok());
         let body_name = match m {
             Message::Request { target, .. } => target.as_deref(),
             _ => None,
@@ -619,7 +625,7 @@ pub async fn handle(proxy: Arc<Proxy>, service: &str, req: Request<Incoming>) ->
     }
     // I14: a session id is only usable by the agent that opened it (and is never auth).
     let session = headers
-        .get("mcp-session-id")
+        .get(MCP_SESSION_ID)
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
     if !stateless && let Some(sid) = &session {
@@ -740,8 +746,8 @@ pub async fn handle(proxy: Arc<Proxy>, service: &str, req: Request<Incoming>) ->
     let mut out = Response::builder().status(status.as_u16());
     let mut is_sse = false;
     for name in FORWARD_RESPONSE {
-        if let Some(v) = resp.headers().get(name) {
-            if name == "content-type"
+        if let Some(v) = resp.headers().get(&name) {
+            if name == header::CONTENT_TYPE
                 && v.to_str().is_ok_and(|s| s.starts_with("text/event-stream"))
             {
                 is_sse = true;
@@ -751,7 +757,7 @@ pub async fn handle(proxy: Arc<Proxy>, service: &str, req: Request<Incoming>) ->
     }
     if let Some(sid) = resp
         .headers()
-        .get("mcp-session-id")
+        .get(MCP_SESSION_ID)
         .and_then(|v| v.to_str().ok())
         && !stateless
         && let Ok(mut m) = proxy.sessions.lock()
@@ -765,7 +771,7 @@ pub async fn handle(proxy: Arc<Proxy>, service: &str, req: Request<Incoming>) ->
         m.unbind(service, sid);
     }
     if is_sse {
-        out = out.header("x-accel-buffering", "no");
+        out = out.header(X_ACCEL_BUFFERING, HeaderValue::from_static("no"));
     }
     if filter_tools {
         // Filtering needs the whole (small) answer; everything else streams.

@@ -67,8 +67,13 @@ pub(crate) const SENSITIVE: [&str; 7] = [
 /// without being it, leaves one reading (the go-sdk's GHSA-wvj2-96wp-fq3f was exactly this).
 #[derive(Default)]
 struct Keys<'de> {
-    seen: HashSet<Cow<'de, str>>,
+    /// The first `FEW` keys, compared in place (no hashing for the usual small object); past
+    /// that, all of them in `many`, so a huge object costs linear time, not quadratic.
+    few: Vec<Cow<'de, str>>,
+    many: HashSet<Cow<'de, str>>,
 }
+
+const FEW: usize = 16;
 
 impl<'de> Keys<'de> {
     /// Whether `key` may join this object's keys. (By reference to the `Cow`: a key borrowed
@@ -83,7 +88,20 @@ impl<'de> Keys<'de> {
             _ => Cow::Owned(fold(key)),
         };
         let poses = SENSITIVE.contains(&folded.as_ref()) && folded != *key;
-        !poses && self.seen.insert(folded)
+        if poses {
+            return false;
+        }
+        if self.many.is_empty() {
+            if self.few.contains(&folded) {
+                return false;
+            }
+            if self.few.len() < FEW {
+                self.few.push(folded);
+                return true;
+            }
+            self.many.extend(self.few.drain(..));
+        }
+        self.many.insert(folded)
     }
 }
 
@@ -507,6 +525,30 @@ mod tests {
                 Err(InspectError::AmbiguousKey),
                 "{body}"
             );
+        }
+        // Around the switch from compared-in-place keys to hashed ones: a duplicate is
+        // refused wherever its two halves fall, and distinct keys pass.
+        for n in [FEW - 1, FEW, FEW + 1, 3 * FEW] {
+            let keys: Vec<String> = (0..n).map(|i| format!("\"k{i}\":{i}")).collect();
+            let ok = format!(
+                r#"{{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{{"name":"a","arguments":{{{}}}}}}}"#,
+                keys.join(",")
+            );
+            assert!(inspect(ok.as_bytes()).is_ok(), "{n} distinct keys");
+            for (first, again) in [(0, n - 1), (n - 1, n - 1), (n / 2, 0)] {
+                let mut dup = keys.clone();
+                dup.insert(again, format!("\"K{first}\":true"));
+                let body = format!(
+                    r#"{{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{{"name":"a","arguments":{{{}}}}}}}"#,
+                    dup.join(",")
+                );
+                assert_eq!(
+                    inspect(body.as_bytes()),
+                    Err(InspectError::AmbiguousKey),
+                    "k{first} again (folded) at {again} of {n}"
+                );
+                crate::fuzzing::jsonrpc(body.as_bytes());
+            }
         }
         // Repeated keys at different levels are fine.
         assert!(
