@@ -142,11 +142,7 @@ impl Entry {
             action: escape_owned(event.action),
             target: escape_owned(event.target),
             outcome: escape_owned(event.outcome),
-            details: event
-                .details
-                .into_iter()
-                .map(|(k, v)| (escape_owned(k), escape_owned(v)))
-                .collect(),
+            details: escape_details(event.details),
             prev_hash: prev_hash.to_owned(),
             hash: String::new(),
         };
@@ -220,6 +216,24 @@ fn hash_of(prev_hash: &str, body_json: &[u8]) -> String {
 /// ids, numbers).
 fn needs_no_escape(s: &str) -> bool {
     s.len() <= MAX_FIELD_CHARS && s.bytes().all(|b| (b' '..=b'~').contains(&b) && b != b'\\')
+}
+
+/// `escape_owned` for every key and value; the usual map (keys and values that need nothing)
+/// is kept as it is rather than rebuilt. Values are escaped in place: keys order the map, so
+/// only a key that changes makes it rebuild.
+fn escape_details(mut details: BTreeMap<String, String>) -> BTreeMap<String, String> {
+    if !details.keys().all(|k| needs_no_escape(k)) {
+        return details
+            .into_iter()
+            .map(|(k, v)| (escape_owned(k), escape_owned(v)))
+            .collect();
+    }
+    for v in details.values_mut() {
+        if !needs_no_escape(v) {
+            *v = escape_untrusted(v);
+        }
+    }
+    details
 }
 
 /// `escape_untrusted` for a string we own: returned as it is when nothing needs escaping.
@@ -521,6 +535,29 @@ mod tests {
         assert!(escape_untrusted(&"y".repeat(MAX_FIELD_CHARS + 1)).ends_with('…'));
         assert_eq!(escape_untrusted("a\\b"), "a\\\\b");
         assert_eq!(escape_untrusted("a\x7fb"), "a\\u{7f}b");
+    }
+
+    /// Details are escaped like every other field: a map whose keys are all plain keeps its
+    /// order and has only its values escaped; a key that needs escaping is escaped too.
+    #[test]
+    fn details_are_escaped_keys_and_values() {
+        let event = Event::new("a", "b", "c", "ok")
+            .detail("plain", "v")
+            .detail("tool", "x\u{1b}[2J\u{202e}");
+        let e = Entry::chain(1, OffsetDateTime::UNIX_EPOCH, &event, GENESIS);
+        assert_eq!(e.details["plain"], "v");
+        assert_eq!(e.details["tool"], "x\\u{1b}[2J\\u{202e}");
+        let event = Event::new("a", "b", "c", "ok")
+            .detail("tool", "\u{7}")
+            .detail("k\n", "v\u{85}");
+        let e = Entry::chain(1, OffsetDateTime::UNIX_EPOCH, &event, GENESIS);
+        let all: Vec<(&str, &str)> = e
+            .details
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        assert_eq!(all, [("k\\u{a}", "v\\u{85}"), ("tool", "\\u{7}")]);
+        assert_eq!(e.hash, e.compute_hash());
     }
 
     #[test]
