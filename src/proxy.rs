@@ -840,7 +840,7 @@ fn call_event(
         outcome,
     )
     .detail("method", m.and_then(Message::method).unwrap_or("(stream)"))
-    .detail("micros", started.elapsed().as_micros().to_string());
+    .detail("micros", (started.elapsed().as_micros() as u64).to_string());
     if let Some(t) = tool {
         e = e.detail("tool", t);
     }

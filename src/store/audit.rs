@@ -172,8 +172,11 @@ impl Entry {
             outcome: &self.outcome,
             details: &self.details,
         };
+        // Room for a typical entry and its two hashes up front, not grown by doubling.
+        let mut out = Vec::with_capacity(512);
         #[allow(clippy::expect_used)] // invariant: a struct of strings always serializes.
-        serde_json::to_vec(&body).expect("audit body serializes")
+        serde_json::to_writer(&mut out, &body).expect("audit body serializes");
+        out
     }
 
     pub fn compute_hash(&self) -> String {
