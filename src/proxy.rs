@@ -7,6 +7,7 @@ pub mod audit_queue;
 pub mod jsonrpc;
 pub mod upstream;
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -24,9 +25,9 @@ use crate::gateway::agents::Principal;
 use crate::gateway::connect::ACCESS_FIELD;
 use crate::oauth::dpop::{DpopKey, Nonces};
 use crate::policy::{self, Decision};
+use crate::store::Connection;
 use crate::store::ConnectionStatus;
-use crate::store::audit::Event;
-use audit_queue::AuditQueue;
+use audit_queue::{AuditQueue, CallRecord};
 use jsonrpc::Message;
 
 /// The first revision without sessions (stateless MCP, SEP-2575).
@@ -170,6 +171,8 @@ impl CredentialCache {
 
 /// Where a service's calls go, parsed once at start rather than per call.
 struct Target {
+    /// The service's name, shared by every call's audit record.
+    name: Arc<str>,
     uri: Uri,
     /// An API-key service's own header (`None`: `Authorization`).
     key_header: Option<HeaderName>,
@@ -219,7 +222,12 @@ impl Proxy {
                     }
                     _ => None,
                 };
-                Some((name.clone(), Target { uri, key_header }))
+                let target = Target {
+                    name: Arc::from(name.as_str()),
+                    uri,
+                    key_header,
+                };
+                Some((name.clone(), target))
             })
             .collect();
         let public = gateway.config.public_url.clone();
@@ -599,15 +607,17 @@ pub async fn handle(proxy: Arc<Proxy>, service: &str, req: Request<Incoming>) ->
         _ => None,
     };
     // Every outcome of this call is audited alike: who, what, how it ended (never arguments).
-    let event = |outcome: &str| {
-        call_event(
-            &principal,
-            service,
-            tool.as_deref(),
-            message.as_ref(),
-            outcome,
-            started,
-        )
+    let event = |outcome: Cow<'static, str>, connection: Option<&Arc<Connection>>| CallRecord {
+        principal: principal.clone(),
+        service: target.name.clone(),
+        method: message
+            .as_ref()
+            .and_then(Message::method)
+            .map(str::to_owned),
+        tool: tool.clone(),
+        outcome,
+        micros: started.elapsed().as_micros() as u64,
+        connection: connection.cloned(),
     };
     let decision = match &tool {
         Some(t) => policy::tool_allowed(principal.profile.as_ref(), service, t),
@@ -615,7 +625,7 @@ pub async fn handle(proxy: Arc<Proxy>, service: &str, req: Request<Incoming>) ->
     };
     if let Decision::Deny(reason) = decision {
         // I12: answered here; nothing reaches upstream.
-        if !proxy.audit.record(event("denied")) {
+        if !proxy.audit.record(event("denied".into(), None)) {
             return audit_unavailable();
         }
         return json_response(
@@ -642,7 +652,7 @@ pub async fn handle(proxy: Arc<Proxy>, service: &str, req: Request<Incoming>) ->
     let mut cred = match proxy.credential(&principal, service).await {
         Some(c) => c,
         None => {
-            let _ = proxy.audit.record(event("needs_connection"));
+            let _ = proxy.audit.record(event("needs_connection".into(), None));
             return reconnect_answer(&proxy, service, &id, message.as_ref(), version);
         }
     };
@@ -660,7 +670,7 @@ pub async fn handle(proxy: Arc<Proxy>, service: &str, req: Request<Incoming>) ->
                 } else {
                     "upstream_unreachable"
                 };
-                let _ = proxy.audit.record(event(outcome));
+                let _ = proxy.audit.record(event(outcome.into(), None));
                 return plain(
                     status,
                     if status == StatusCode::GATEWAY_TIMEOUT {
@@ -708,22 +718,19 @@ pub async fn handle(proxy: Arc<Proxy>, service: &str, req: Request<Incoming>) ->
         break resp;
     };
     let status = resp.status();
-    let outcome = if status.is_success() || status == StatusCode::ACCEPTED {
-        "ok".to_owned()
+    let outcome: Cow<'static, str> = if status.is_success() || status == StatusCode::ACCEPTED {
+        "ok".into()
     } else {
-        format!("upstream_{}", status.as_u16())
+        format!("upstream_{}", status.as_u16()).into()
     };
     // The connection id lets the scope audit attribute exercised scopes (no extra write).
-    let audit_call = |outcome: &str| {
-        proxy
-            .audit
-            .record(event(outcome).detail("connection", cred.conn.id.clone()))
-    };
+    let audit_call =
+        |outcome: Cow<'static, str>| proxy.audit.record(event(outcome, Some(&cred.conn)));
     let filter_tools = matches!(&message, Some(Message::Request { method, .. }) if method == "tools/list")
         && principal.profile.is_some();
     // A filtered tools/list is recorded once its answer is in (it can still fail or time out).
     let deferred = filter_tools && outcome == "ok";
-    if !deferred && !audit_call(&outcome) {
+    if !deferred && !audit_call(outcome.clone()) {
         return audit_unavailable();
     }
     if status == StatusCode::UNAUTHORIZED {
@@ -781,7 +788,7 @@ pub async fn handle(proxy: Arc<Proxy>, service: &str, req: Request<Incoming>) ->
         loop {
             let chunk = match tokio::time::timeout_at(deadline, stream.frame()).await {
                 Err(_) => {
-                    let _ = deferred && audit_call("upstream_timeout");
+                    let _ = deferred && audit_call("upstream_timeout".into());
                     return plain(
                         StatusCode::GATEWAY_TIMEOUT,
                         "upstream did not finish its tools/list answer in time\n",
@@ -789,7 +796,7 @@ pub async fn handle(proxy: Arc<Proxy>, service: &str, req: Request<Incoming>) ->
                 }
                 Ok(None) => break,
                 Ok(Some(Err(_))) => {
-                    let _ = deferred && audit_call("upstream_stream_failed");
+                    let _ = deferred && audit_call("upstream_stream_failed".into());
                     return plain(StatusCode::BAD_GATEWAY, "upstream stream failed\n");
                 }
                 Ok(Some(Ok(frame))) => match frame.into_data() {
@@ -798,7 +805,7 @@ pub async fn handle(proxy: Arc<Proxy>, service: &str, req: Request<Incoming>) ->
                 },
             };
             if buf.len() + chunk.len() > TOOLS_LIST_CAP {
-                let _ = deferred && audit_call("upstream_too_large");
+                let _ = deferred && audit_call("upstream_too_large".into());
                 return plain(
                     StatusCode::BAD_GATEWAY,
                     "upstream tools/list answer too large\n",
@@ -806,7 +813,7 @@ pub async fn handle(proxy: Arc<Proxy>, service: &str, req: Request<Incoming>) ->
             }
             buf.extend_from_slice(&chunk);
         }
-        if deferred && !audit_call("ok") {
+        if deferred && !audit_call("ok".into()) {
             return audit_unavailable();
         }
         let filtered = filter_tools_list(&buf, is_sse, principal.profile.as_ref(), service);
@@ -822,29 +829,6 @@ pub async fn handle(proxy: Arc<Proxy>, service: &str, req: Request<Incoming>) ->
     let body = upstream::Relay::new(resp.into_body(), proxy.stream_idle, slot);
     out.body(Body::new(body))
         .unwrap_or_else(|_| plain(StatusCode::BAD_GATEWAY, "bad upstream response\n"))
-}
-
-fn call_event(
-    p: &Principal,
-    service: &str,
-    tool: Option<&str>,
-    m: Option<&Message>,
-    outcome: &str,
-    started: Instant,
-) -> Event {
-    // Never the arguments: they can carry secrets.
-    let mut e = Event::new(
-        &format!("agent:{}", p.agent.name),
-        "mcp.call",
-        service,
-        outcome,
-    )
-    .detail("method", m.and_then(Message::method).unwrap_or("(stream)"))
-    .detail("micros", (started.elapsed().as_micros() as u64).to_string());
-    if let Some(t) = tool {
-        e = e.detail("tool", t);
-    }
-    e
 }
 
 /// "Connect your account", the spec's way for each era, naming the service and where the user

@@ -304,8 +304,44 @@ async fn i12_denied_tools_never_reach_upstream_and_are_filtered_from_lists() {
     let (s, _, _) = e.call(&token, "files", call(4, "read_file"), &[]).await;
     assert_eq!((s, e.upstream_count()), (200, before + 1));
     let denied = |a: &str| a.contains("mcp.call files denied") && a.contains("tool=\"write_file\"");
-    let audit = e.inst.audit_until(denied);
+    let allowed = |a: &str| {
+        a.lines()
+            .any(|l| l.contains("agent:cursor mcp.call files ok") && l.contains("read_file"))
+    };
+    let audit = e.inst.audit_until(|a| denied(a) && allowed(a));
     assert!(denied(&audit), "{audit}");
+    // Each call's entry says who, what and how it ended: the agent, service, outcome, JSON-RPC
+    // method, tool and latency, and for a call that went upstream, whose connection.
+    let line = |start: &str, tool: &str| {
+        audit
+            .lines()
+            .find(|l| l.contains(start) && l.contains(tool))
+            .unwrap_or_else(|| panic!("no {start} {tool} entry in {audit}"))
+            .to_owned()
+    };
+    let ok = line("agent:cursor mcp.call files ok", "read_file");
+    let refused = line("agent:cursor mcp.call files denied", "write_file");
+    let conn = e.inst.ok(&["connection", "list", "--json"], b"");
+    let conn: Value = serde_json::from_str(&conn).unwrap();
+    let conn_id = conn
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["service"] == "files") // alice's, the only one
+        .and_then(|c| c["id"].as_str())
+        .unwrap()
+        .to_owned();
+    for (l, tool) in [(&ok, "read_file"), (&refused, "write_file")] {
+        assert!(l.contains(" method=\"tools/call\""), "{l}");
+        assert!(l.contains(&format!(" tool=\"{tool}\"")), "{l}");
+        let micros = l
+            .split(" micros=\"")
+            .nth(1)
+            .and_then(|r| r.split('"').next());
+        assert!(micros.is_some_and(|m| m.parse::<u64>().is_ok()), "{l}");
+    }
+    assert!(ok.contains(&format!(" connection=\"{conn_id}\"")), "{ok}");
+    assert!(!refused.contains("connection="), "{refused}");
     assert!(
         !audit.contains("hunter2"),
         "arguments reached the audit log"

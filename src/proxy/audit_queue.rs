@@ -13,9 +13,49 @@ use std::time::Duration;
 
 use tokio::sync::mpsc;
 
+use std::borrow::Cow;
+
 use crate::gateway::Gateway;
+use crate::gateway::agents::Principal;
 use crate::lifecycle::committer::gather;
+use crate::store::Connection;
 use crate::store::audit::Event;
+
+/// A proxied call as the request path records it: shared handles and words, so answering the
+/// call copies next to nothing; the committer spells it out as an `Event`. Never arguments:
+/// they can carry secrets.
+pub struct CallRecord {
+    pub principal: Arc<Principal>,
+    pub service: Arc<str>,
+    /// The JSON-RPC method (`None`: a GET stream or DELETE) and the tool called.
+    pub method: Option<String>,
+    pub tool: Option<String>,
+    pub outcome: Cow<'static, str>,
+    pub micros: u64,
+    /// The connection whose credential went upstream: the scope audit attributes exercised
+    /// scopes by it.
+    pub connection: Option<Arc<Connection>>,
+}
+
+impl CallRecord {
+    pub fn into_event(self) -> Event {
+        let mut e = Event::new(
+            &format!("agent:{}", self.principal.agent.name),
+            "mcp.call",
+            &self.service,
+            &self.outcome,
+        )
+        .detail("method", self.method.as_deref().unwrap_or("(stream)"))
+        .detail("micros", self.micros.to_string());
+        if let Some(t) = self.tool {
+            e = e.detail("tool", t);
+        }
+        if let Some(c) = self.connection {
+            e = e.detail("connection", c.id.clone());
+        }
+        e
+    }
+}
 
 const QUEUE: usize = 8192;
 const BATCH: usize = 1024;
@@ -27,7 +67,7 @@ const WINDOW: Duration = Duration::from_millis(20);
 
 #[derive(Clone)]
 pub struct AuditQueue {
-    tx: mpsc::Sender<Event>,
+    tx: mpsc::Sender<CallRecord>,
     healthy: Arc<AtomicBool>,
     /// Entries accepted, and entries whose commit has been attempted (for `flush`).
     queued: Arc<AtomicU64>,
@@ -36,7 +76,7 @@ pub struct AuditQueue {
 
 impl AuditQueue {
     pub fn start(gateway: Arc<Gateway>) -> Self {
-        let (tx, mut rx) = mpsc::channel::<Event>(QUEUE);
+        let (tx, mut rx) = mpsc::channel::<CallRecord>(QUEUE);
         let healthy = Arc::new(AtomicBool::new(true));
         let h = healthy.clone();
         let (queued, settled) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
@@ -47,6 +87,7 @@ impl AuditQueue {
                 let n = events.len() as u64;
                 let g = gateway.clone();
                 let ok = tokio::task::spawn_blocking(move || {
+                    let events = events.into_iter().map(CallRecord::into_event).collect();
                     g.store.write(|t| t.audit_all(events).map(drop))
                 })
                 .await
@@ -90,7 +131,7 @@ impl AuditQueue {
     }
 
     /// Enqueues an entry; `false` when it cannot be recorded (the caller refuses the call).
-    pub fn record(&self, e: Event) -> bool {
+    pub fn record(&self, e: CallRecord) -> bool {
         let ok = self.healthy() && self.tx.try_send(e).is_ok();
         if ok {
             self.queued.fetch_add(1, Ordering::SeqCst);
