@@ -7,13 +7,12 @@
 //! plus one commit, as before (entries are always written after the call is answered); a
 //! clean stop loses none (`flush`).
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::sync::mpsc;
-
-use std::borrow::Cow;
 
 use crate::gateway::Gateway;
 use crate::gateway::agents::Principal;
@@ -130,9 +129,10 @@ impl AuditQueue {
         self.healthy.load(Ordering::SeqCst)
     }
 
-    /// Enqueues an entry; `false` when it cannot be recorded (the caller refuses the call).
-    pub fn record(&self, e: CallRecord) -> bool {
-        let ok = self.healthy() && self.tx.try_send(e).is_ok();
+    /// Enqueues a call's record; `false` when it cannot be recorded (the caller refuses the
+    /// call).
+    pub fn record(&self, call: CallRecord) -> bool {
+        let ok = self.healthy() && self.tx.try_send(call).is_ok();
         if ok {
             self.queued.fetch_add(1, Ordering::SeqCst);
         }
