@@ -47,6 +47,11 @@ const INDEXES: &str = "indexes";
 const INDEXES_VERSION: &[u8] = b"3";
 const LOGIN_LINKS: TableDefinition<&str, &[u8]> = TableDefinition::new("login_links");
 const SESSIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("sessions");
+/// The audit log in segments: each row holds the entries one transaction appended, as JSON
+/// lines in order, under the seq of its last entry. An action's own entry is a segment of
+/// one (as every row was before segments); a group commit of calls is one segment, so it
+/// costs the B-tree one insert rather than one per call. Every entry is still chained and
+/// verified on its own (`audit::verify_chain`).
 const AUDIT: TableDefinition<u64, &[u8]> = TableDefinition::new("audit");
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const AUDIT_HEAD: &str = "audit_head";
@@ -439,21 +444,36 @@ impl Txn<'_> {
 
     /// Appends one entry to the hash chain, in this transaction.
     pub fn audit(&mut self, event: Event) -> Result<Entry, StoreError> {
-        let mut entries = self.audit_all(vec![event])?;
-        entries
-            .pop()
-            .ok_or_else(|| StoreError::AuditUnavailable("no entry was appended".into()))
+        let mut kept = None;
+        self.append_audit(vec![event], |e| kept = Some(e))?;
+        kept.ok_or_else(|| StoreError::AuditUnavailable("no entry was appended".into()))
     }
 
-    /// Appends several entries in order: the head is checked once and written once, so a
-    /// group commit of many calls' entries costs one head HMAC, not one per entry.
-    pub fn audit_all(&mut self, events: Vec<Event>) -> Result<Vec<Entry>, StoreError> {
+    /// Appends several entries in order, as one segment (see `AUDIT`): the head is checked
+    /// and written once and the table takes one insert, so a group commit of many calls'
+    /// entries costs one head HMAC and one B-tree insert, not one per entry. Returns how many
+    /// were appended.
+    pub fn audit_all(&mut self, events: Vec<Event>) -> Result<usize, StoreError> {
+        let n = events.len();
+        self.append_audit(events, drop)?;
+        Ok(n)
+    }
+
+    fn append_audit(
+        &mut self,
+        events: Vec<Event>,
+        mut each: impl FnMut(Entry),
+    ) -> Result<(), StoreError> {
         if self.audit_fault {
             return Err(StoreError::AuditUnavailable("injected failure".into()));
+        }
+        if events.is_empty() {
+            return Ok(());
         }
         let fail = |e: redb::Error| StoreError::AuditUnavailable(e.to_string());
         let mut meta = self.txn.open_table(META).map_err(|e| fail(e.into()))?;
         let mut table = self.txn.open_table(AUDIT).map_err(|e| fail(e.into()))?;
+        // A segment is keyed by its last entry, so the table's last key is the head's seq.
         let last_key = table
             .last()
             .map_err(|e| fail(e.into()))?
@@ -477,26 +497,27 @@ impl Txn<'_> {
                 (head.seq, head.hash)
             }
         };
-        let mut entries = Vec::with_capacity(events.len());
+        let mut segment = Vec::with_capacity(events.len() * audit::ENTRY_BYTES);
         for event in events {
             let (entry, stored) = Entry::chain_encoded(seq + 1, self.now, event, &prev);
-            table
-                .insert(entry.seq, stored.as_slice())
-                .map_err(|e| fail(e.into()))?;
+            if !segment.is_empty() {
+                segment.push(b'\n');
+            }
+            segment.extend_from_slice(&stored);
             seq = entry.seq;
             prev.clone_from(&entry.hash);
-            entries.push(entry);
+            each(entry);
         }
-        if entries.is_empty() {
-            return Ok(entries);
-        }
+        table
+            .insert(seq, segment.as_slice())
+            .map_err(|e| fail(e.into()))?;
         meta.insert(
             AUDIT_HEAD,
             encode(&Head::new(self.head_key, seq, &prev)).as_slice(),
         )
         .map_err(|e| fail(e.into()))?;
         self.audited = true;
-        Ok(entries)
+        Ok(())
     }
 
     pub fn user_by_name(&self, name: &str) -> Result<Option<User>, StoreError> {
@@ -773,11 +794,31 @@ impl Reader {
 fn audit_after(txn: &ReadTransaction, after: u64, limit: usize) -> Result<Vec<Entry>, StoreError> {
     let t = txn.open_table(AUDIT).map_err(st)?;
     let mut out = Vec::new();
-    for e in t.range(after.saturating_add(1)..).map_err(st)?.take(limit) {
+    // The first segment whose last entry is past `after` holds the first entry wanted.
+    for e in t.range(after.saturating_add(1)..).map_err(st)? {
         let (k, v) = e.map_err(st)?;
-        out.push(decode("audit", &k.value().to_string(), v.value())?);
+        for (seq, raw) in segment_rows(k.value(), v.value()) {
+            if seq <= after {
+                continue;
+            }
+            if out.len() == limit {
+                return Ok(out);
+            }
+            out.push(decode("audit", &seq.to_string(), raw)?);
+        }
     }
     Ok(out)
+}
+
+/// A stored segment's entries, each with the seq its place implies (the segment's key is its
+/// last entry's seq). `verify_chain` checks each entry's own seq against that place, so an
+/// entry moved, removed or added within a segment is named just as one between segments is.
+/// Entries are JSON lines: `serde_json` escapes every control character inside strings, so
+/// a newline only ever separates entries.
+fn segment_rows(key: u64, value: &[u8]) -> impl Iterator<Item = (u64, &[u8])> {
+    let n = value.split(|&b| b == b'\n').count() as u64;
+    let first = key.saturating_add(1).saturating_sub(n);
+    (first..).zip(value.split(|&b| b == b'\n'))
 }
 
 fn verify(txn: &ReadTransaction, key: Option<&HeadKey>) -> Result<Verified, StoreError> {
@@ -790,7 +831,24 @@ fn verify(txn: &ReadTransaction, key: Option<&HeadKey>) -> Result<Verified, Stor
     let mut rows = Vec::new();
     for e in t.iter().map_err(st)? {
         let (k, v) = e.map_err(st)?;
-        rows.push((k.value(), v.value().to_vec()));
+        let start = rows.len();
+        rows.extend(segment_rows(k.value(), v.value()).map(|(seq, raw)| (seq, raw.to_vec())));
+        // A segment's entries must number up to its key from its first entry's own seq; if
+        // not, entries were removed from or added inside it (a whole row removed is a `Gap`).
+        if rows.len() - start > 1 {
+            #[derive(serde::Deserialize)]
+            struct Seq {
+                seq: u64,
+            }
+            let (place, raw) = &rows[start];
+            if serde_json::from_slice::<Seq>(raw).ok().map(|e| e.seq) != Some(*place) {
+                return Err(ChainError::SegmentCount {
+                    last: k.value(),
+                    entries: (rows.len() - start) as u64,
+                }
+                .into());
+            }
+        }
     }
     Ok(audit::verify_chain(rows, head.as_ref(), key)?)
 }
@@ -924,33 +982,38 @@ mod tests {
 
     /// A batch append chains exactly as one-by-one appends do: consecutive numbers, each entry
     /// linked to the one before (across batches too), one authentic head at the end, and
-    /// every field escaped.
+    /// every field escaped. The batch is one stored row (a segment), and reading from any
+    /// point, with any limit, gives the same entries as one row per entry would.
     #[test]
     fn a_batch_of_audit_entries_chains_like_single_appends() {
         let dir = tempfile::tempdir().unwrap();
         let key = HeadKey::new([9; 32]);
-        let store = Store::create(&dir.path().join("s.redb"), "p", key).unwrap();
+        let path = dir.path().join("s.redb");
+        let store = Store::create(&path, "p", key.clone()).unwrap();
         let before = store.verify_audit().unwrap().entries;
         let ev =
             |i: usize| Event::new("agent:a", "mcp.call", "svc", "ok").detail("n", i.to_string());
         let single = store.write(|t| t.audit(ev(0))).unwrap();
-        let batch = store
+        let n = store
             .write(|t| {
                 t.audit_all(
                     (1..=4)
                         .map(ev)
-                        .chain([Event::new("x\u{1b}[2J", "a", "t", "ok")])
+                        .chain([Event::new("x\u{1b}[2J\nforged", "a", "t", "ok")])
                         .collect(),
                 )
             })
             .unwrap();
+        assert_eq!(n, 5);
+        let batch = store.read().unwrap().audit_after(single.seq, 100).unwrap();
         assert_eq!(batch.len(), 5);
+        assert_eq!(batch[0].seq, single.seq + 1);
         assert_eq!(batch[0].prev_hash, single.hash);
         for w in batch.windows(2) {
             assert_eq!(w[1].seq, w[0].seq + 1);
             assert_eq!(w[1].prev_hash, w[0].hash);
         }
-        assert_eq!(batch[4].actor, "x\\u{1b}[2J");
+        assert_eq!(batch[4].actor, "x\\u{1b}[2J\\u{a}forged");
         let v = store.verify_audit().unwrap();
         assert_eq!(v.entries, before + 6);
         assert_eq!(v.head_hash, batch[4].hash);
@@ -959,6 +1022,132 @@ mod tests {
         let next = store.write(|t| t.audit(ev(9))).unwrap();
         assert_eq!(next.prev_hash, batch[4].hash);
         store.verify_audit().unwrap();
+
+        // Every start and limit, across the segment's edges, against the whole list.
+        let all = store.read().unwrap().audit_after(0, usize::MAX).unwrap();
+        assert_eq!(all.len() as u64, next.seq);
+        for after in 0..=next.seq + 1 {
+            for limit in 0..=8 {
+                let got = store.read().unwrap().audit_after(after, limit).unwrap();
+                let want: Vec<Entry> = all
+                    .iter()
+                    .filter(|e| e.seq > after)
+                    .take(limit)
+                    .cloned()
+                    .collect();
+                assert_eq!(got, want, "after {after}, limit {limit}");
+            }
+        }
+        drop(store);
+        let mut rows = 0;
+        testing::rewrite_audit(&path, |r| rows = r.len()).unwrap();
+        assert_eq!(rows as u64, next.seq - 4, "the batch of 5 is one row");
+    }
+
+    /// Tampering inside a segment is named like tampering between rows: an edited, removed,
+    /// swapped or inserted entry, and a segment removed whole.
+    #[test]
+    fn tampering_inside_a_segment_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = HeadKey::new([9; 32]);
+        let path = dir.path().join("s.redb");
+        let store = Store::create(&path, "p", key.clone()).unwrap();
+        let ev =
+            |i: usize| Event::new("agent:a", "mcp.call", "svc", "ok").detail("n", format!("v{i}"));
+        store
+            .write(|t| t.audit_all((2..=5).map(ev).collect()))
+            .unwrap();
+        store.write(|t| t.audit(ev(6))).unwrap();
+        drop(store);
+        // Rows: [1] genesis, [2..=5] one segment under key 5, [6].
+        let lines =
+            |v: &[u8]| -> Vec<Vec<u8>> { v.split(|&b| b == b'\n').map(<[u8]>::to_vec).collect() };
+        let join = |l: Vec<Vec<u8>>| l.join(&b'\n');
+        type Tamper = Box<dyn FnOnce(&mut Vec<audit::Row>)>;
+        let cases: Vec<(&str, Tamper, ChainError)> = vec![
+            (
+                "edit",
+                Box::new(move |rows| {
+                    let t = String::from_utf8(rows[1].1.clone())
+                        .unwrap()
+                        .replace("v3", "zz");
+                    rows[1].1 = t.into_bytes();
+                }),
+                ChainError::Edited { seq: 3 },
+            ),
+            (
+                "remove a line",
+                Box::new(move |rows| {
+                    let mut l = lines(&rows[1].1);
+                    l.remove(1);
+                    rows[1].1 = join(l);
+                }),
+                ChainError::SegmentCount {
+                    last: 5,
+                    entries: 3,
+                },
+            ),
+            (
+                "remove its first line",
+                Box::new(move |rows| {
+                    let mut l = lines(&rows[1].1);
+                    l.remove(0);
+                    rows[1].1 = join(l);
+                }),
+                ChainError::Gap {
+                    expected: 2,
+                    found: 3,
+                },
+            ),
+            (
+                "swap lines",
+                Box::new(move |rows| {
+                    let mut l = lines(&rows[1].1);
+                    l.swap(1, 2);
+                    rows[1].1 = join(l);
+                }),
+                ChainError::Misplaced { key: 3, seq: 4 },
+            ),
+            (
+                "duplicate a line",
+                Box::new(move |rows| {
+                    let mut l = lines(&rows[1].1);
+                    let d = l[3].clone();
+                    l.push(d);
+                    rows[1].1 = join(l);
+                }),
+                ChainError::SegmentCount {
+                    last: 5,
+                    entries: 5,
+                },
+            ),
+            (
+                "remove the segment",
+                Box::new(|rows| drop(rows.remove(1))),
+                ChainError::Gap {
+                    expected: 2,
+                    found: 6,
+                },
+            ),
+        ];
+        let original = std::fs::read(&path).unwrap();
+        for (name, tamper, want) in cases {
+            std::fs::write(&path, &original).unwrap();
+            testing::rewrite_audit(&path, tamper).unwrap();
+            match OfflineStore::open(&path).unwrap().verify_audit(Some(&key)) {
+                Err(StoreError::Chain(e)) => assert_eq!(e, want, "{name}"),
+                other => panic!("{name}: {other:?}"),
+            }
+        }
+        std::fs::write(&path, &original).unwrap();
+        assert_eq!(
+            OfflineStore::open(&path)
+                .unwrap()
+                .verify_audit(Some(&key))
+                .unwrap()
+                .entries,
+            6
+        );
     }
 
     /// The derived tables (counts, secret references, live index) follow every change, and a

@@ -65,6 +65,8 @@ fn head_mac(key: &HeadKey, seq: u64, hash: &str) -> String {
 
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 const MAX_FIELD_CHARS: usize = 512;
+/// Room for a typical entry and its two hashes (a per-call entry is about 400 bytes).
+pub const ENTRY_BYTES: usize = 512;
 
 /// What an action did, before it is numbered and chained.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -173,7 +175,7 @@ impl Entry {
             details: &self.details,
         };
         // Room for a typical entry and its two hashes up front, not grown by doubling.
-        let mut out = Vec::with_capacity(512);
+        let mut out = Vec::with_capacity(ENTRY_BYTES);
         #[allow(clippy::expect_used)] // invariant: a struct of strings always serializes.
         serde_json::to_writer(&mut out, &body).expect("audit body serializes");
         out
@@ -282,6 +284,10 @@ pub enum ChainError {
         "audit entry {seq}: previous-hash link is broken (an entry before it was removed, swapped or edited)"
     )]
     BrokenLink { seq: u64 },
+    #[error(
+        "audit entries up to {last}: their stored segment holds {entries} entries that do not number up to it (entries removed from or added inside it)"
+    )]
+    SegmentCount { last: u64, entries: u64 },
     #[error("audit entry {seq}: content does not match its hash (edited)")]
     Edited { seq: u64 },
     #[error("audit entry {seq}: unreadable ({reason})")]
