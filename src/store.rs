@@ -444,31 +444,33 @@ impl Txn<'_> {
 
     /// Appends one entry to the hash chain, in this transaction.
     pub fn audit(&mut self, event: Event) -> Result<Entry, StoreError> {
-        let mut kept = None;
-        self.append_audit(vec![event], |e| kept = Some(e))?;
-        kept.ok_or_else(|| StoreError::AuditUnavailable("no entry was appended".into()))
+        let (_, segment) = self.append_audit([event])?;
+        serde_json::from_slice(&segment)
+            .map_err(|e| StoreError::AuditUnavailable(format!("entry unreadable: {e}")))
     }
 
     /// Appends several entries in order, as one segment (see `AUDIT`): the head is checked
     /// and written once and the table takes one insert, so a group commit of many calls'
     /// entries costs one head HMAC and one B-tree insert, not one per entry. Returns how many
     /// were appended.
-    pub fn audit_all(&mut self, events: Vec<Event>) -> Result<usize, StoreError> {
-        let n = events.len();
-        self.append_audit(events, drop)?;
-        Ok(n)
+    pub fn audit_all<R: audit::Record>(
+        &mut self,
+        records: impl IntoIterator<Item = R>,
+    ) -> Result<usize, StoreError> {
+        Ok(self.append_audit(records)?.0)
     }
 
-    fn append_audit(
+    /// Appends `records` as one segment; returns how many and the segment (empty for none).
+    fn append_audit<R: audit::Record>(
         &mut self,
-        events: Vec<Event>,
-        mut each: impl FnMut(Entry),
-    ) -> Result<(), StoreError> {
+        records: impl IntoIterator<Item = R>,
+    ) -> Result<(usize, Vec<u8>), StoreError> {
         if self.audit_fault {
             return Err(StoreError::AuditUnavailable("injected failure".into()));
         }
-        if events.is_empty() {
-            return Ok(());
+        let mut records = records.into_iter().peekable();
+        if records.peek().is_none() {
+            return Ok((0, Vec::new()));
         }
         let fail = |e: redb::Error| StoreError::AuditUnavailable(e.to_string());
         let mut meta = self.txn.open_table(META).map_err(|e| fail(e.into()))?;
@@ -497,16 +499,17 @@ impl Txn<'_> {
                 (head.seq, head.hash)
             }
         };
-        let mut segment = Vec::with_capacity(events.len() * audit::ENTRY_BYTES);
-        for event in events {
-            let (entry, stored) = Entry::chain_encoded(seq + 1, self.now, event, &prev);
+        // One transaction, one time: formatted once for all its entries.
+        let time = audit::format_time(self.now);
+        let mut segment = Vec::with_capacity(records.size_hint().0.max(1) * audit::ENTRY_BYTES);
+        let mut n = 0;
+        for record in records {
+            n += 1;
             if !segment.is_empty() {
                 segment.push(b'\n');
             }
-            segment.extend_from_slice(&stored);
-            seq = entry.seq;
-            prev.clone_from(&entry.hash);
-            each(entry);
+            seq += 1;
+            prev = audit::append_entry(&mut segment, &record, seq, &time, &prev);
         }
         table
             .insert(seq, segment.as_slice())
@@ -517,7 +520,7 @@ impl Txn<'_> {
         )
         .map_err(|e| fail(e.into()))?;
         self.audited = true;
-        Ok(())
+        Ok((n, segment))
     }
 
     pub fn user_by_name(&self, name: &str) -> Result<Option<User>, StoreError> {
@@ -996,12 +999,12 @@ mod tests {
         let single = store.write(|t| t.audit(ev(0))).unwrap();
         let n = store
             .write(|t| {
-                t.audit_all(
-                    (1..=4)
-                        .map(ev)
-                        .chain([Event::new("x\u{1b}[2J\nforged", "a", "t", "ok")])
-                        .collect(),
-                )
+                t.audit_all((1..=4).map(ev).chain([Event::new(
+                    "x\u{1b}[2J\nforged",
+                    "a",
+                    "t",
+                    "ok",
+                )]))
             })
             .unwrap();
         assert_eq!(n, 5);
@@ -1055,7 +1058,7 @@ mod tests {
         let ev =
             |i: usize| Event::new("agent:a", "mcp.call", "svc", "ok").detail("n", format!("v{i}"));
         store
-            .write(|t| t.audit_all((2..=5).map(ev).collect()))
+            .write(|t| t.audit_all((2..=5).map(ev).collect::<Vec<_>>()))
             .unwrap();
         store.write(|t| t.audit(ev(6))).unwrap();
         drop(store);

@@ -18,7 +18,7 @@ use crate::gateway::Gateway;
 use crate::gateway::agents::Principal;
 use crate::lifecycle::committer::gather;
 use crate::store::Connection;
-use crate::store::audit::Event;
+use crate::store::audit::{Event, Record, escape_cow, write_body};
 
 /// A proxied call as the request path records it: shared handles and words, so answering the
 /// call copies next to nothing; the committer spells it out as an `Event`. Never arguments:
@@ -36,7 +36,42 @@ pub struct CallRecord {
     pub connection: Option<Arc<Connection>>,
 }
 
+/// The entry a call's record makes, written straight from the record (no `Event`, no map):
+/// byte for byte what `into_event` gives (`a_call_record_is_written_as_its_event_would_be`).
+impl Record for CallRecord {
+    fn write_body(&self, out: &mut Vec<u8>, seq: u64, time: &str) {
+        let actor = format!("agent:{}", self.principal.agent.name);
+        let micros = self.micros.to_string();
+        let method = self.method.as_deref().unwrap_or("(stream)");
+        // In key order, as the event's map would hold them.
+        let details = [
+            (
+                "connection",
+                self.connection.as_ref().map(|c| escape_cow(&c.id)),
+            ),
+            ("method", Some(escape_cow(method))),
+            ("micros", Some(escape_cow(&micros))),
+            ("tool", self.tool.as_deref().map(escape_cow)),
+        ];
+        write_body(
+            out,
+            seq,
+            time,
+            [
+                escape_cow(&actor),
+                Cow::Borrowed("mcp.call"),
+                escape_cow(&self.service),
+                escape_cow(&self.outcome),
+            ],
+            details
+                .iter()
+                .filter_map(|(k, v)| v.as_deref().map(|v| (*k, v))),
+        );
+    }
+}
+
 impl CallRecord {
+    /// The call as a general audit event: what the entry says (`Record` writes the same).
     pub fn into_event(self) -> Event {
         let mut e = Event::new(
             &format!("agent:{}", self.principal.agent.name),
@@ -86,7 +121,6 @@ impl AuditQueue {
                 let n = events.len() as u64;
                 let g = gateway.clone();
                 let ok = tokio::task::spawn_blocking(move || {
-                    let events = events.into_iter().map(CallRecord::into_event).collect();
                     g.store.write(|t| t.audit_all(events).map(drop))
                 })
                 .await
@@ -137,5 +171,103 @@ impl AuditQueue {
             self.queued.fetch_add(1, Ordering::SeqCst);
         }
         ok
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use time::OffsetDateTime;
+
+    use super::*;
+    use crate::store::audit::{Entry, append_entry, format_time};
+    use crate::store::{Agent, ConnectionKind, ConnectionStatus, User};
+
+    fn record(name: &str, tool: Option<&str>, method: Option<&str>, conn: bool) -> CallRecord {
+        let now = OffsetDateTime::UNIX_EPOCH;
+        let connection = conn.then(|| {
+            Arc::new(Connection {
+                id: "c-1\u{7}".into(),
+                user_id: "u".into(),
+                service: "svc".into(),
+                kind: ConnectionKind::ApiKey,
+                status: ConnectionStatus::Active,
+                status_reason: None,
+                secret_record: None,
+                secret_fingerprint: None,
+                scopes: Vec::new(),
+                created: now,
+                updated: now,
+                secret_set_at: None,
+                access_expires: None,
+                issuer: None,
+                strikes: 0,
+                last_refresh: None,
+                refresh: Default::default(),
+                subject: None,
+                dpop_jkt: None,
+            })
+        });
+        CallRecord {
+            principal: Arc::new(Principal {
+                agent: Agent {
+                    id: "a".into(),
+                    user_id: "u".into(),
+                    name: name.into(),
+                    profile: None,
+                    token_hash: "h".into(),
+                    created: now,
+                    revoked: None,
+                },
+                user: User {
+                    id: "u".into(),
+                    name: "alice".into(),
+                    created: now,
+                },
+                profile: None,
+            }),
+            service: "files\u{1b}[2J".into(),
+            method: method.map(Into::into),
+            tool: tool.map(Into::into),
+            outcome: "upstream_503".into(),
+            micros: 1234567,
+            connection,
+        }
+    }
+
+    /// The committer writes a call's entry straight from its record: the bytes (and so the
+    /// hash) are the ones the general path gives for the same call as an `Event`, and the ones
+    /// `serde_json` gives for the entry. Tool and method names come from the agent, so they
+    /// carry quotes, backslashes, control and bidi characters, and overlong text.
+    #[test]
+    fn a_call_record_is_written_as_its_event_would_be() {
+        let long = "x".repeat(700);
+        let cases = [
+            record("bot", Some("echo"), Some("tools/call"), true),
+            record("bot", None, None, false),
+            record(
+                "b\"o\\t",
+                Some("a\"b\\c\n\u{202e}\u{0}é"),
+                Some("tools/\u{85}call"),
+                true,
+            ),
+            record("bot", Some(&long), Some(&long), false),
+        ];
+        let time = format_time(OffsetDateTime::UNIX_EPOCH + time::Duration::nanoseconds(5));
+        let prev = "cd".repeat(32);
+        for r in cases {
+            let (mut direct, mut general) = (Vec::new(), Vec::new());
+            let h1 = append_entry(&mut direct, &r, 7, &time, &prev);
+            let h2 = append_entry(&mut general, &r.into_event(), 7, &time, &prev);
+            assert_eq!(
+                String::from_utf8_lossy(&direct),
+                String::from_utf8_lossy(&general)
+            );
+            assert_eq!(h1, h2);
+            let entry: Entry = serde_json::from_slice(&direct).unwrap();
+            assert_eq!(serde_json::to_vec(&entry).unwrap(), direct);
+            assert_eq!(entry.compute_hash(), h1);
+            assert_eq!(entry.action, "mcp.call");
+        }
     }
 }

@@ -109,17 +109,97 @@ pub struct Entry {
     pub hash: String,
 }
 
-/// The hashed part of an entry, in a fixed field order.
-#[derive(Serialize)]
-struct Body<'a> {
+/// What an audit entry is made from: an `Event`, or a proxied call's record, which gives the
+/// same fields without building an `Event` (no map, no owned strings on the commit path).
+pub trait Record {
+    /// Writes the entry's hashed body (`write_body`), with every field from outside escaped
+    /// (`escape_cow`).
+    fn write_body(&self, out: &mut Vec<u8>, seq: u64, time: &str);
+}
+
+impl Record for Event {
+    fn write_body(&self, out: &mut Vec<u8>, seq: u64, time: &str) {
+        let escaped = escape_details(self.details.clone());
+        write_body(
+            out,
+            seq,
+            time,
+            [&self.actor, &self.action, &self.target, &self.outcome].map(|f| escape_cow(f)),
+            escaped.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+        );
+    }
+}
+
+/// An entry's time as stored: RFC 3339, as `time::serde::rfc3339` writes it.
+pub fn format_time(t: OffsetDateTime) -> String {
+    #[allow(clippy::expect_used)] // invariant: RFC 3339 formats every time the clock gives.
+    t.format(&time::format_description::well_known::Rfc3339)
+        .expect("rfc3339")
+}
+
+/// The hashed part of an entry, written by hand in the bytes `serde_json` gives an `Entry`'s
+/// first seven fields (compact, in declaration order, strings escaped by `serde_json`);
+/// `the_encoded_entry_is_the_serialized_entry` checks it against `serde_json` itself.
+/// `fields` (actor, action, target, outcome) and `details` (sorted by key, as a `BTreeMap`
+/// is) must already be escaped (`escape_cow`).
+pub fn write_body<'a, S: AsRef<str>>(
+    out: &mut Vec<u8>,
     seq: u64,
-    #[serde(with = "time::serde::rfc3339")]
-    time: OffsetDateTime,
-    actor: &'a str,
-    action: &'a str,
-    target: &'a str,
-    outcome: &'a str,
-    details: &'a BTreeMap<String, String>,
+    time: &str,
+    fields: [S; 4],
+    details: impl IntoIterator<Item = (&'a str, &'a str)>,
+) {
+    let string = |out: &mut Vec<u8>, s: &str| {
+        #[allow(clippy::expect_used)] // invariant: writing a string into a Vec cannot fail.
+        serde_json::to_writer(&mut *out, s).expect("json string");
+    };
+    out.extend_from_slice(b"{\"seq\":");
+    #[allow(clippy::expect_used)] // invariant: writing a number into a Vec cannot fail.
+    serde_json::to_writer(&mut *out, &seq).expect("json number");
+    out.extend_from_slice(b",\"time\":");
+    string(out, time);
+    for (name, value) in ["actor", "action", "target", "outcome"].iter().zip(&fields) {
+        out.extend_from_slice(b",\"");
+        out.extend_from_slice(name.as_bytes());
+        out.extend_from_slice(b"\":");
+        string(out, value.as_ref());
+    }
+    out.extend_from_slice(b",\"details\":{");
+    for (i, (k, v)) in details.into_iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        string(out, k);
+        out.push(b':');
+        string(out, v);
+    }
+    out.extend_from_slice(b"}}");
+}
+
+/// Appends entry `seq`'s stored form to `out`: the body `record` writes, then `prev_hash` and
+/// the hash over both, exactly as `serde_json` writes the `Entry`. Returns the hash.
+pub fn append_entry(
+    out: &mut Vec<u8>,
+    record: &impl Record,
+    seq: u64,
+    time: &str,
+    prev_hash: &str,
+) -> String {
+    let start = out.len();
+    record.write_body(out, seq, time);
+    let hash = hash_of(prev_hash, &out[start..]);
+    // Both hashes are lowercase hex: nothing in them needs JSON escaping.
+    out.pop(); // the body's closing brace
+    for part in [
+        ",\"prev_hash\":\"",
+        prev_hash,
+        "\",\"hash\":\"",
+        &hash,
+        "\"}",
+    ] {
+        out.extend_from_slice(part.as_bytes());
+    }
+    hash
 }
 
 impl Entry {
@@ -127,57 +207,30 @@ impl Entry {
         Entry::chain_encoded(seq, time, event.clone(), prev_hash).0
     }
 
-    /// `chain`, also returning the entry as stored (its JSON), built from the hashed body's
-    /// JSON without serializing the entry a second time: the stored form is the body's fields
-    /// followed by `prev_hash` and `hash`, exactly as `serde_json` writes an `Entry`.
-    /// It takes the event by value: fields that need no escaping are moved, not copied.
+    /// `chain`, also returning the entry as stored (its JSON).
     pub fn chain_encoded(
         seq: u64,
         time: OffsetDateTime,
         event: Event,
         prev_hash: &str,
     ) -> (Entry, Vec<u8>) {
-        let mut e = Entry {
-            seq,
-            time,
-            actor: escape_owned(event.actor),
-            action: escape_owned(event.action),
-            target: escape_owned(event.target),
-            outcome: escape_owned(event.outcome),
-            details: escape_details(event.details),
-            prev_hash: prev_hash.to_owned(),
-            hash: String::new(),
-        };
-        let mut json = e.body_json();
-        e.hash = hash_of(&e.prev_hash, &json);
-        // Both hashes are lowercase hex: nothing in them needs JSON escaping.
-        json.pop(); // the body's closing brace
-        for part in [
-            ",\"prev_hash\":\"",
-            &e.prev_hash,
-            "\",\"hash\":\"",
-            &e.hash,
-            "\"}",
-        ] {
-            json.extend_from_slice(part.as_bytes());
-        }
-        (e, json)
+        let mut json = Vec::with_capacity(ENTRY_BYTES);
+        append_entry(&mut json, &event, seq, &format_time(time), prev_hash);
+        #[allow(clippy::expect_used)] // invariant: `append_entry` writes an `Entry`'s JSON.
+        let entry = serde_json::from_slice(&json).expect("an entry just written reads back");
+        (entry, json)
     }
 
     fn body_json(&self) -> Vec<u8> {
-        let body = Body {
-            seq: self.seq,
-            time: self.time,
-            actor: &self.actor,
-            action: &self.action,
-            target: &self.target,
-            outcome: &self.outcome,
-            details: &self.details,
-        };
-        // Room for a typical entry and its two hashes up front, not grown by doubling.
+        // Stored fields were escaped when the entry was made: written as they are.
         let mut out = Vec::with_capacity(ENTRY_BYTES);
-        #[allow(clippy::expect_used)] // invariant: a struct of strings always serializes.
-        serde_json::to_writer(&mut out, &body).expect("audit body serializes");
+        write_body(
+            &mut out,
+            self.seq,
+            &format_time(self.time),
+            [&self.actor, &self.action, &self.target, &self.outcome],
+            self.details.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+        );
         out
     }
 
@@ -239,6 +292,15 @@ fn escape_details(mut details: BTreeMap<String, String>) -> BTreeMap<String, Str
         }
     }
     details
+}
+
+/// `escape_untrusted`, borrowing when nothing needs escaping (the usual case).
+pub fn escape_cow(s: &str) -> std::borrow::Cow<'_, str> {
+    if needs_no_escape(s) {
+        std::borrow::Cow::Borrowed(s)
+    } else {
+        std::borrow::Cow::Owned(escape_untrusted(s))
+    }
 }
 
 /// `escape_untrusted` for a string we own: returned as it is when nothing needs escaping.
