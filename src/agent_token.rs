@@ -49,7 +49,12 @@ pub fn well_formed(token: &[u8]) -> bool {
 
 /// How the token is stored and looked up (I11).
 pub fn lookup_hash(token: &[u8]) -> String {
-    hex(&Sha256::digest(token))
+    hex(&lookup_digest(token))
+}
+
+/// `lookup_hash` before it is spelled in hex: the in-memory cache's key.
+pub fn lookup_digest(token: &[u8]) -> [u8; 32] {
+    Sha256::digest(token).into()
 }
 
 #[cfg(test)]

@@ -9,6 +9,7 @@ pub mod upstream;
 
 use std::borrow::Cow;
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -93,38 +94,26 @@ impl Sessions {
     }
 }
 
-/// Counts an agent's proxied requests in flight; the count drops when the response body (an
-/// SSE stream included) is finished or abandoned.
-struct StreamSlot {
-    counts: Arc<Mutex<HashMap<String, usize>>>,
-    agent: String,
-}
+/// Holds one of an agent's in-flight places (its counter is shared by all the agent's
+/// principals); given back when the response body (an SSE stream included) is finished or
+/// abandoned.
+struct StreamSlot(Arc<AtomicUsize>);
 
 impl StreamSlot {
-    fn take(counts: &Arc<Mutex<HashMap<String, usize>>>, agent: &str, max: usize) -> Option<Self> {
-        let mut m = counts.lock().ok()?;
-        let n = m.entry(agent.to_owned()).or_insert(0);
-        if *n >= max {
+    fn take(count: &Arc<AtomicUsize>, max: usize) -> Option<Self> {
+        // Taken first, checked after: two racing takers may both be refused at the cap, never
+        // both admitted past it.
+        if count.fetch_add(1, Ordering::AcqRel) >= max {
+            count.fetch_sub(1, Ordering::AcqRel);
             return None;
         }
-        *n += 1;
-        Some(Self {
-            counts: counts.clone(),
-            agent: agent.to_owned(),
-        })
+        Some(Self(count.clone()))
     }
 }
 
 impl Drop for StreamSlot {
     fn drop(&mut self) {
-        if let Ok(mut m) = self.counts.lock()
-            && let Some(n) = m.get_mut(&self.agent)
-        {
-            *n = n.saturating_sub(1);
-            if *n == 0 {
-                m.remove(&self.agent);
-            }
-        }
+        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -141,46 +130,47 @@ struct Credential {
 
 const MAX_CACHED_CREDENTIALS: usize = 100_000;
 
-/// Credentials by (user id, service), each tagged with the store's connections generation
+/// A service's credentials by user id, each tagged with the store's connections generation
 /// when it was read: a write to that connection (refresh, revoke, re-key) makes older copies
 /// unusable before the writer returns, so a revoked token is never served from memory, while
 /// writes to other connections (a refresh storm) leave it usable.
 #[derive(Default)]
 struct CredentialCache {
-    inner: Mutex<HashMap<(String, String), (u64, Credential)>>,
+    inner: Mutex<HashMap<String, (u64, Credential)>>,
 }
 
 impl CredentialCache {
-    fn get(&self, store: &crate::store::Store, key: &(String, String)) -> Option<Credential> {
+    fn get(&self, store: &crate::store::Store, user: &str, service: &str) -> Option<Credential> {
         let m = self.inner.lock().ok()?;
-        let (loaded_at, c) = m.get(key)?;
+        let (loaded_at, c) = m.get(user)?;
         store
-            .connection_unchanged_since(&key.0, &key.1, *loaded_at)
+            .connection_unchanged_since(user, service, *loaded_at)
             .then(|| c.clone())
     }
 
-    fn put(&self, key: (String, String), generation: u64, c: Credential) {
+    fn put(&self, user: String, generation: u64, c: Credential) {
         if let Ok(mut m) = self.inner.lock() {
             if m.len() >= MAX_CACHED_CREDENTIALS {
                 m.clear();
             }
-            m.insert(key, (generation, c));
+            m.insert(user, (generation, c));
         }
     }
 }
 
-/// Where a service's calls go, parsed once at start rather than per call.
+/// A service as the proxy uses it, made once at start rather than per call.
 struct Target {
+    svc: crate::config::Service,
     /// The service's name, shared by every call's audit record.
     name: Arc<str>,
     uri: Uri,
     /// An API-key service's own header (`None`: `Authorization`).
     key_header: Option<HeaderName>,
+    credentials: CredentialCache,
 }
 
 pub struct Proxy {
     pub gateway: Arc<Gateway>,
-    credentials: CredentialCache,
     targets: HashMap<String, Target>,
     stream_idle: Duration,
     /// Upstream session id → (service, agent id) that opened it (I14).
@@ -190,7 +180,6 @@ pub struct Proxy {
     connect_url: String,
     pub response_start_timeout: Duration,
     pub refresher: Arc<crate::lifecycle::Refresher>,
-    streams: Arc<Mutex<HashMap<String, usize>>>,
     dpop_nonces: Arc<Nonces>,
 }
 
@@ -223,9 +212,11 @@ impl Proxy {
                     _ => None,
                 };
                 let target = Target {
+                    svc: svc.clone(),
                     name: Arc::from(name.as_str()),
                     uri,
                     key_header,
+                    credentials: CredentialCache::default(),
                 };
                 Some((name.clone(), target))
             })
@@ -242,8 +233,6 @@ impl Proxy {
             response_start_timeout: Duration::from_secs(
                 gateway.config.limits.upstream_response_timeout_secs,
             ),
-            credentials: CredentialCache::default(),
-            streams: Arc::new(Mutex::new(HashMap::new())),
             dpop_nonces: refresher.dpop_nonces(),
             refresher,
             gateway,
@@ -274,8 +263,8 @@ impl Proxy {
 
     /// The live connection of the agent's user for `service` and its credential; refreshes an
     /// OAuth access token first when it is due. `None`: not connected.
-    async fn credential(&self, p: &Principal, service: &str) -> Option<Credential> {
-        let cred = self.load_credential(p, service).await?;
+    async fn credential(&self, p: &Principal, target: &Target) -> Option<Credential> {
+        let cred = self.load_credential(p, target).await?;
         if cred.conn.kind == crate::store::ConnectionKind::Oauth
             && crate::lifecycle::Refresher::needs_refresh(
                 &cred.conn,
@@ -288,22 +277,22 @@ impl Proxy {
                 .refresher
                 .refresh(&cred.conn.id, cred.conn.secret_record.as_deref())
                 .await;
-            return self.load_credential(p, service).await;
+            return self.load_credential(p, target).await;
         }
         Some(cred)
     }
 
     /// From memory while no connection has changed since it was read (the store's
     /// connections generation), otherwise from the store and the vault.
-    async fn load_credential(&self, p: &Principal, service: &str) -> Option<Credential> {
-        let key = (p.user.id.clone(), service.to_owned());
+    async fn load_credential(&self, p: &Principal, target: &Target) -> Option<Credential> {
         // Read before the store, so a write that lands after our read makes the copy stale.
         let generation = self.gateway.store.connections_generation();
-        if let Some(c) = self.credentials.get(&self.gateway.store, &key) {
+        let cache = &target.credentials;
+        if let Some(c) = cache.get(&self.gateway.store, &p.user.id, &target.name) {
             return Some(c);
         }
         let g = self.gateway.clone();
-        let (uid, sname) = key.clone();
+        let (uid, sname) = (p.user.id.clone(), target.name.to_string());
         let loaded = tokio::task::spawn_blocking(move || -> Option<Credential> {
             let c = g.live_connection(&uid, &sname).ok()??;
             if c.status != ConnectionStatus::Active && c.status != ConnectionStatus::Refreshing {
@@ -344,7 +333,7 @@ impl Proxy {
         .await
         .ok()
         .flatten()?;
-        self.credentials.put(key, generation, loaded.clone());
+        cache.put(p.user.id.clone(), generation, loaded.clone());
         Some(loaded)
     }
 
@@ -519,8 +508,7 @@ pub async fn handle(proxy: Arc<Proxy>, service: &str, req: Request<Incoming>) ->
         }
     };
     let Some(slot) = StreamSlot::take(
-        &proxy.streams,
-        &principal.agent.id,
+        &principal.in_flight,
         proxy.gateway.config.limits.max_streams_per_agent,
     ) else {
         return plain(
@@ -528,12 +516,10 @@ pub async fn handle(proxy: Arc<Proxy>, service: &str, req: Request<Incoming>) ->
             "too many concurrent requests for this agent\n",
         );
     };
-    let (Some(svc), Some(target)) = (
-        proxy.gateway.config.services.get(service),
-        proxy.targets.get(service),
-    ) else {
+    let Some(target) = proxy.targets.get(service) else {
         return plain(StatusCode::NOT_FOUND, "no such service\n");
     };
+    let svc = &target.svc;
     if !proxy.audit.healthy() {
         return audit_unavailable();
     }
@@ -649,7 +635,7 @@ pub async fn handle(proxy: Arc<Proxy>, service: &str, req: Request<Incoming>) ->
         }
     }
     // The user's credential for the service, refreshed first when it is about to expire.
-    let mut cred = match proxy.credential(&principal, service).await {
+    let mut cred = match proxy.credential(&principal, target).await {
         Some(c) => c,
         None => {
             let _ = proxy.audit.record(event("needs_connection".into(), None));
@@ -709,7 +695,7 @@ pub async fn handle(proxy: Arc<Proxy>, service: &str, req: Request<Incoming>) ->
                 .refresh_after_401(&cred.conn.id, cred.conn.secret_record.as_deref())
                 .await
                 .is_ok()
-                && let Some(c) = proxy.credential(&principal, service).await
+                && let Some(c) = proxy.credential(&principal, target).await
             {
                 cred = c;
                 continue;
@@ -750,7 +736,10 @@ pub async fn handle(proxy: Arc<Proxy>, service: &str, req: Request<Incoming>) ->
             jsonrpc::error(&id, -32001, &text, None),
         );
     }
-    let mut out = Response::builder().status(status.as_u16());
+    // The answer's head, built in place (a `Response::builder` moves its parts on every call).
+    let mut out = Response::new(Body::empty());
+    *out.status_mut() = status;
+    let head = out.headers_mut();
     let mut is_sse = false;
     for name in FORWARD_RESPONSE {
         if let Some(v) = resp.headers().get(&name) {
@@ -759,7 +748,7 @@ pub async fn handle(proxy: Arc<Proxy>, service: &str, req: Request<Incoming>) ->
             {
                 is_sse = true;
             }
-            out = out.header(name, v);
+            head.insert(name, v.clone());
         }
     }
     if let Some(sid) = resp
@@ -778,7 +767,7 @@ pub async fn handle(proxy: Arc<Proxy>, service: &str, req: Request<Incoming>) ->
         m.unbind(service, sid);
     }
     if is_sse {
-        out = out.header(X_ACCEL_BUFFERING, HeaderValue::from_static("no"));
+        head.insert(X_ACCEL_BUFFERING, HeaderValue::from_static("no"));
     }
     if filter_tools {
         // Filtering needs the whole (small) answer; everything else streams.
@@ -817,18 +806,18 @@ pub async fn handle(proxy: Arc<Proxy>, service: &str, req: Request<Incoming>) ->
             return audit_unavailable();
         }
         let filtered = filter_tools_list(&buf, is_sse, principal.profile.as_ref(), service);
-        return out
-            .body(Body::from(filtered))
-            .unwrap_or_else(|_| plain(StatusCode::BAD_GATEWAY, "bad upstream response\n"));
+        *out.body_mut() = Body::from(filtered);
+        return out;
     }
     // Passed through unchanged, the body keeps upstream's length: no re-chunking.
     if let Some(len) = resp.headers().get(header::CONTENT_LENGTH) {
-        out = out.header(header::CONTENT_LENGTH, len);
+        out.headers_mut()
+            .insert(header::CONTENT_LENGTH, len.clone());
     }
     // The slot travels with the body: it is released when the stream ends or is dropped.
     let body = upstream::Relay::new(resp.into_body(), proxy.stream_idle, slot);
-    out.body(Body::new(body))
-        .unwrap_or_else(|_| plain(StatusCode::BAD_GATEWAY, "bad upstream response\n"))
+    *out.body_mut() = Body::new(body);
+    out
 }
 
 /// "Connect your account", the spec's way for each era, naming the service and where the user

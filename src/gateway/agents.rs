@@ -1,6 +1,8 @@
 //! Agents and permission profiles: the admin operations, and authenticating an agent's token.
 
+use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
 
 use time::OffsetDateTime;
 
@@ -10,13 +12,22 @@ use crate::secret::SecretBytes;
 use crate::store::audit::Event;
 use crate::store::{Agent, Profile, ProfileRule, StoreError, User};
 
-/// Principals by token hash. Every change to agents, profiles or users bumps the generation
+/// Principals by token digest. Every change to agents, profiles or users bumps the generation
 /// and empties the map under the same lock, and a lookup caches what it read only if the
 /// generation is unchanged since before its read: a revocation can never be undone by a
 /// lookup that raced it, and takes effect on the next request (I11).
 #[derive(Default)]
 pub struct PrincipalCache {
-    inner: std::sync::Mutex<(u64, std::collections::HashMap<String, Arc<Principal>>)>,
+    inner: std::sync::Mutex<Principals>,
+}
+
+#[derive(Default)]
+struct Principals {
+    generation: u64,
+    by_digest: HashMap<[u8; 32], Arc<Principal>>,
+    /// Each agent's count of requests in flight, shared by every principal made for it, so
+    /// the per-agent cap holds across cache invalidations (which make new principals).
+    in_flight: HashMap<String, Arc<AtomicUsize>>,
 }
 
 const MAX_CACHED_PRINCIPALS: usize = 10_000;
@@ -24,22 +35,37 @@ const MAX_CACHED_PRINCIPALS: usize = 10_000;
 impl PrincipalCache {
     pub fn invalidate(&self) {
         let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        g.0 += 1;
-        g.1.clear();
+        g.generation += 1;
+        g.by_digest.clear();
     }
 
-    fn get(&self, hash: &str) -> (u64, Option<Arc<Principal>>) {
+    fn get(&self, digest: &[u8; 32]) -> (u64, Option<Arc<Principal>>) {
         let g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        (g.0, g.1.get(hash).cloned())
+        (g.generation, g.by_digest.get(digest).cloned())
     }
 
-    fn put(&self, generation: u64, hash: String, p: Arc<Principal>) {
+    /// The agent's in-flight counter (made on first use).
+    fn in_flight(&self, agent_id: &str) -> Arc<AtomicUsize> {
         let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        if g.0 == generation {
-            if g.1.len() >= MAX_CACHED_PRINCIPALS {
-                g.1.clear();
+        if let Some(c) = g.in_flight.get(agent_id) {
+            return c.clone();
+        }
+        if g.in_flight.len() >= MAX_CACHED_PRINCIPALS {
+            // Counters nothing holds any more (no principal, no request) are all zero.
+            g.in_flight.retain(|_, c| Arc::strong_count(c) > 1);
+        }
+        let c = Arc::new(AtomicUsize::new(0));
+        g.in_flight.insert(agent_id.to_owned(), c.clone());
+        c
+    }
+
+    fn put(&self, generation: u64, digest: [u8; 32], p: Arc<Principal>) {
+        let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        if g.generation == generation {
+            if g.by_digest.len() >= MAX_CACHED_PRINCIPALS {
+                g.by_digest.clear();
             }
-            g.1.insert(hash, p);
+            g.by_digest.insert(digest, p);
         }
     }
 }
@@ -50,6 +76,9 @@ pub struct Principal {
     pub agent: Agent,
     pub user: User,
     pub profile: Option<Profile>,
+    /// The agent's proxied requests in flight (the per-agent cap), shared by all its
+    /// principals.
+    pub in_flight: Arc<AtomicUsize>,
 }
 
 impl Gateway {
@@ -237,20 +266,20 @@ impl Gateway {
         if token.len() != agent_token::TOKEN_LEN {
             return None;
         }
-        self.principals.get(&agent_token::lookup_hash(token)).1
+        self.principals.get(&agent_token::lookup_digest(token)).1
     }
 
     pub fn authenticate_agent(&self, token: &[u8]) -> Result<Option<Arc<Principal>>, GatewayError> {
         if !agent_token::well_formed(token) {
             return Ok(None);
         }
-        let hash = agent_token::lookup_hash(token);
-        let (generation, cached) = self.principals.get(&hash);
+        let digest = agent_token::lookup_digest(token);
+        let (generation, cached) = self.principals.get(&digest);
         if cached.is_some() {
             return Ok(cached);
         }
         let r = self.store.read()?;
-        let Some(agent) = r.agent_by_token_hash(&hash)? else {
+        let Some(agent) = r.agent_by_token_hash(&crate::secret::hex(&digest))? else {
             return Ok(None);
         };
         if agent.revoked.is_some() {
@@ -267,11 +296,12 @@ impl Gateway {
                 None => None,
             };
         let principal = Arc::new(Principal {
+            in_flight: self.principals.in_flight(&agent.id),
             agent,
             user,
             profile,
         });
-        self.principals.put(generation, hash, principal.clone());
+        self.principals.put(generation, digest, principal.clone());
         Ok(Some(principal))
     }
 }
@@ -298,6 +328,7 @@ mod tests {
                 created: now,
             },
             profile: None,
+            in_flight: Arc::default(),
         }
     }
 
@@ -306,15 +337,31 @@ mod tests {
     #[test]
     fn a_lookup_that_raced_an_invalidation_is_not_cached() {
         let c = PrincipalCache::default();
-        let (generation, none) = c.get("h");
+        let h = [7u8; 32];
+        let (generation, none) = c.get(&h);
         assert!(none.is_none());
         c.invalidate(); // the revocation commits here
-        c.put(generation, "h".into(), Arc::new(principal()));
-        assert!(c.get("h").1.is_none(), "a stale principal was cached");
-        let (fresh, _) = c.get("h");
-        c.put(fresh, "h".into(), Arc::new(principal()));
-        assert!(c.get("h").1.is_some());
+        c.put(generation, h, Arc::new(principal()));
+        assert!(c.get(&h).1.is_none(), "a stale principal was cached");
+        let (fresh, _) = c.get(&h);
+        c.put(fresh, h, Arc::new(principal()));
+        assert!(c.get(&h).1.is_some());
         c.invalidate();
-        assert!(c.get("h").1.is_none());
+        assert!(c.get(&h).1.is_none());
+    }
+
+    /// The per-agent cap counts every request of the agent: principals made after a cache
+    /// invalidation share the count of those made before (requests still in flight).
+    #[test]
+    fn an_agents_in_flight_count_outlives_cache_invalidation() {
+        use std::sync::atomic::Ordering;
+        let c = PrincipalCache::default();
+        let before = c.in_flight("agent-1");
+        before.fetch_add(2, Ordering::SeqCst);
+        c.invalidate();
+        let after = c.in_flight("agent-1");
+        assert!(Arc::ptr_eq(&before, &after));
+        assert_eq!(after.load(Ordering::SeqCst), 2);
+        assert!(!Arc::ptr_eq(&before, &c.in_flight("agent-2")));
     }
 }

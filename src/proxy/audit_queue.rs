@@ -225,6 +225,7 @@ mod tests {
                     created: now,
                 },
                 profile: None,
+                in_flight: Arc::default(),
             }),
             service: "files\u{1b}[2J".into(),
             method: method.map(Into::into),
