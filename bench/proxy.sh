@@ -91,7 +91,7 @@ run() { # name conc url pid header value; prints a row and keeps "name conc rps 
   p50=$(to_us "$(echo "$out" | awk '$1=="50%" {print $2}')")
   p99=$(to_us "$(echo "$out" | awk '$1=="99%" {print $2}')")
   non2xx=$(echo "$out" | awk '/Non-2xx/ {print $5}')
-  [ -n "$non2xx" ] && { echo "$name: $non2xx non-2xx responses; aborting" >&2; exit 1; }
+  [ -n "$non2xx" ] && { echo "$name: $non2xx non-2xx responses; aborting" >&2; [ "$name" = scopegate ] && tail -5 "$T/sg.out" >&2; exit 1; }
   local cpu="-" mem="-"
   if [ "$pid" != "-" ]; then
     cpu=$(awk -v a="$after" -v b="$before" -v hz="$hz" -v n="$reqs" 'BEGIN { printf "%.1f", (a-b)*1000000/hz/n }')

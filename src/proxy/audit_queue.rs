@@ -106,6 +106,9 @@ pub struct AuditQueue {
     /// Entries accepted, and entries whose commit has been attempted (for `flush`).
     queued: Arc<AtomicU64>,
     settled: Arc<AtomicU64>,
+    /// When the last "queue full" warning was logged (seconds since `started`, plus one).
+    warned: Arc<AtomicU64>,
+    started: std::time::Instant,
 }
 
 impl AuditQueue {
@@ -140,6 +143,8 @@ impl AuditQueue {
             healthy,
             queued,
             settled,
+            warned: Arc::new(AtomicU64::new(0)),
+            started: std::time::Instant::now(),
         }
     }
 
@@ -166,11 +171,23 @@ impl AuditQueue {
     /// Enqueues a call's record; `false` when it cannot be recorded (the caller refuses the
     /// call).
     pub fn record(&self, call: CallRecord) -> bool {
-        let ok = self.healthy() && self.tx.try_send(call).is_ok();
-        if ok {
-            self.queued.fetch_add(1, Ordering::SeqCst);
+        if !self.healthy() {
+            return false;
         }
-        ok
+        if self.tx.try_send(call).is_err() {
+            // The committer is behind by a whole queue (a stalled disk): say so, at most once
+            // a second, since every call meanwhile is refused.
+            let now = self.started.elapsed().as_secs() + 1;
+            if self.warned.swap(now, Ordering::Relaxed) != now {
+                tracing::warn!(
+                    queued = QUEUE,
+                    "the audit queue is full (the store is not keeping up); refusing calls"
+                );
+            }
+            return false;
+        }
+        self.queued.fetch_add(1, Ordering::SeqCst);
+        true
     }
 }
 
