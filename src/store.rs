@@ -970,12 +970,17 @@ pub mod testing {
     }
 }
 
+/// Records for unit tests elsewhere in the crate.
 #[cfg(test)]
-mod tests {
-    #![allow(clippy::unwrap_used)]
+pub(crate) mod fixtures {
     use super::*;
 
-    fn conn(id: &str, user: &str, status: ConnectionStatus, record: Option<&str>) -> Connection {
+    pub(crate) fn connection(
+        id: &str,
+        user: &str,
+        status: ConnectionStatus,
+        record: Option<&str>,
+    ) -> Connection {
         let now = OffsetDateTime::UNIX_EPOCH;
         Connection {
             id: id.into(),
@@ -999,6 +1004,13 @@ mod tests {
             dpop_jkt: None,
         }
     }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::fixtures::connection as conn;
+    use super::*;
 
     /// A batch append chains exactly as one-by-one appends do: consecutive numbers, each entry
     /// linked to the one before (across batches too), one authentic head at the end, and

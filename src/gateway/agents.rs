@@ -306,11 +306,12 @@ impl Gateway {
     }
 }
 
+/// A principal for unit tests elsewhere in the crate.
 #[cfg(test)]
-mod tests {
+pub(crate) mod fixtures {
     use super::*;
 
-    fn principal() -> Principal {
+    pub(crate) fn principal() -> Principal {
         let now = OffsetDateTime::UNIX_EPOCH;
         Principal {
             agent: Agent {
@@ -331,6 +332,12 @@ mod tests {
             in_flight: Arc::default(),
         }
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fixtures::principal;
+    use super::*;
 
     /// A lookup that read the store before a revocation committed must not cache what it read
     /// after the revocation invalidated the cache (otherwise the revoked agent would live on).

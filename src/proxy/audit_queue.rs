@@ -214,59 +214,27 @@ mod tests {
     use time::OffsetDateTime;
 
     use super::*;
+    use crate::store::ConnectionStatus;
     use crate::store::audit::{Entry, append_entry, format_time};
-    use crate::store::{Agent, ConnectionKind, ConnectionStatus, User};
 
     fn record(name: &str, tool: Option<&str>, method: Option<&str>, conn: bool) -> CallRecord {
-        let now = OffsetDateTime::UNIX_EPOCH;
-        let connection = conn.then(|| {
-            Arc::new(Connection {
-                id: "c-1\u{7}".into(),
-                user_id: "u".into(),
-                service: "svc".into(),
-                kind: ConnectionKind::ApiKey,
-                status: ConnectionStatus::Active,
-                status_reason: None,
-                secret_record: None,
-                secret_fingerprint: None,
-                scopes: Vec::new(),
-                created: now,
-                updated: now,
-                secret_set_at: None,
-                access_expires: None,
-                issuer: None,
-                strikes: 0,
-                last_refresh: None,
-                refresh: Default::default(),
-                subject: None,
-                dpop_jkt: None,
-            })
-        });
+        let mut principal = crate::gateway::agents::fixtures::principal();
+        principal.agent.name = name.into();
         CallRecord {
-            principal: Arc::new(Principal {
-                agent: Agent {
-                    id: "a".into(),
-                    user_id: "u".into(),
-                    name: name.into(),
-                    profile: None,
-                    token_hash: "h".into(),
-                    created: now,
-                    revoked: None,
-                },
-                user: User {
-                    id: "u".into(),
-                    name: "alice".into(),
-                    created: now,
-                },
-                profile: None,
-                in_flight: Arc::default(),
-            }),
+            principal: Arc::new(principal),
             service: "files\u{1b}[2J".into(),
             method: method.map(Into::into),
             tool: tool.map(Into::into),
             outcome: "upstream_503".into(),
             micros: 1234567,
-            connection,
+            connection: conn.then(|| {
+                Arc::new(crate::store::fixtures::connection(
+                    "c-1\u{7}",
+                    "u",
+                    ConnectionStatus::Active,
+                    None,
+                ))
+            }),
         }
     }
 
