@@ -28,6 +28,7 @@ use crate::oauth::dpop::{DpopKey, Nonces};
 use crate::policy::{self, Decision};
 use crate::store::Connection;
 use crate::store::ConnectionStatus;
+use crate::store::audit::cap_untrusted;
 use audit_queue::{AuditQueue, CallRecord};
 use jsonrpc::Message;
 
@@ -128,6 +129,7 @@ struct Credential {
     dpop: Option<Arc<DpopKey>>,
 }
 
+/// Per service (each service's cache is its own).
 const MAX_CACHED_CREDENTIALS: usize = 100_000;
 
 /// A service's credentials by user id, each tagged with the store's connections generation
@@ -596,11 +598,12 @@ pub async fn handle(proxy: Arc<Proxy>, service: &str, req: Request<Incoming>) ->
     let event = |outcome: Cow<'static, str>, connection: Option<&Arc<Connection>>| CallRecord {
         principal: principal.clone(),
         service: target.name.clone(),
+        // Cut to the audit field's cap now: a queued record holds no more than its entry says.
         method: message
             .as_ref()
             .and_then(Message::method)
-            .map(str::to_owned),
-        tool: tool.clone(),
+            .map(|m| cap_untrusted(m).to_owned()),
+        tool: tool.as_deref().map(|t| cap_untrusted(t).to_owned()),
         outcome,
         micros: started.elapsed().as_micros() as u64,
         connection: connection.cloned(),

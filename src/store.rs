@@ -54,7 +54,7 @@ const SESSIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("sessions");
 /// verified on its own (`audit::verify_chain`).
 const AUDIT: TableDefinition<u64, &[u8]> = TableDefinition::new("audit");
 /// A segment's size cap: a value just under a power of two of redb's 4 KiB page, so it fills
-/// its page (one segment per commit wasted a third of each page on average, and doubled the
+/// its page (a soft cap: a single entry bigger than this, up to about 20 KB, is stored alone) (one segment per commit wasted a third of each page on average, and doubled the
 /// file's growth), while a commit still takes one insert per ~35 entries.
 const SEGMENT_BYTES: usize = 16 * 1024 - 256;
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
@@ -849,28 +849,40 @@ fn verify(txn: &ReadTransaction, key: Option<&HeadKey>) -> Result<Verified, Stor
     };
     let t = txn.open_table(AUDIT).map_err(st)?;
     let mut rows = Vec::new();
+    // The first segment whose entries do not number up to its key: reported after any
+    // earlier break in the chain, which `verify_chain` finds in order.
+    let mut miscounted = None;
     for e in t.iter().map_err(st)? {
         let (k, v) = e.map_err(st)?;
         let start = rows.len();
         rows.extend(segment_rows(k.value(), v.value()).map(|(seq, raw)| (seq, raw.to_vec())));
         // A segment's entries must number up to its key from its first entry's own seq; if
-        // not, entries were removed from or added inside it (a whole row removed is a `Gap`).
-        if rows.len() - start > 1 {
-            #[derive(serde::Deserialize)]
-            struct Seq {
-                seq: u64,
-            }
-            let (place, raw) = &rows[start];
-            if serde_json::from_slice::<Seq>(raw).ok().map(|e| e.seq) != Some(*place) {
-                return Err(ChainError::SegmentCount {
-                    last: k.value(),
-                    entries: (rows.len() - start) as u64,
-                }
-                .into());
-            }
+        // not, entries were removed from or added inside it (a whole row removed is a `Gap`,
+        // an unparsable first entry is `Unreadable`).
+        #[derive(serde::Deserialize)]
+        struct Seq {
+            seq: u64,
+        }
+        let entries = (rows.len() - start) as u64;
+        if miscounted.is_none()
+            && entries > 1
+            && let Ok(first) = serde_json::from_slice::<Seq>(&rows[start].1)
+            && first.seq != rows[start].0
+        {
+            let last = k.value();
+            miscounted = Some((start, ChainError::SegmentCount { last, entries }));
         }
     }
-    Ok(audit::verify_chain(rows, head.as_ref(), key)?)
+    let Some((start, miscount)) = miscounted else {
+        return Ok(audit::verify_chain(rows, head.as_ref(), key)?);
+    };
+    rows.truncate(start);
+    Err(match audit::verify_chain(rows, head.as_ref(), key) {
+        // A break before the miscounted segment comes first.
+        Err(e) if e.is_in_chain() => e,
+        _ => miscount,
+    }
+    .into())
 }
 
 /// Access to a stopped data folder (or a copy) without a server, for `audit list|verify`.
@@ -1195,6 +1207,31 @@ mod tests {
                     last: 5,
                     entries: 5,
                 },
+            ),
+            (
+                "garble its first line",
+                Box::new(move |rows| {
+                    let mut l = lines(&rows[1].1);
+                    l[0] = b"garbage".to_vec();
+                    rows[1].1 = join(l);
+                }),
+                ChainError::Unreadable {
+                    seq: 2,
+                    reason: "expected value at line 1 column 1".into(),
+                },
+            ),
+            (
+                "an earlier edit is named before a later miscount",
+                Box::new(move |rows| {
+                    let t = String::from_utf8(rows[0].1.clone())
+                        .unwrap()
+                        .replace("\"ok\"", "\"ko\"");
+                    rows[0].1 = t.into_bytes();
+                    let mut l = lines(&rows[1].1);
+                    l.remove(1);
+                    rows[1].1 = join(l);
+                }),
+                ChainError::Edited { seq: 1 },
             ),
             (
                 "remove the segment",

@@ -590,3 +590,38 @@ fn overdue_api_keys_are_flagged_once_and_rotation_clears_them() {
     assert_eq!(f.g.rotation_sweep().unwrap(), 0, "the rotated key is fresh");
     assert!(!f.g.connections(None).unwrap()[0].rotation_due);
 }
+
+/// The per-agent cap on requests in flight counts across principal-cache invalidations: the
+/// principal made after an admin change shares the count of the one made before (requests
+/// still open), so an agent cannot get round the cap whenever agents or profiles change.
+#[test]
+fn an_agents_in_flight_count_survives_a_cache_invalidation() {
+    use std::sync::atomic::Ordering;
+    let f = fixture();
+    f.g.user_add("alice").unwrap();
+    let (_, token) = f.g.agent_add("bot", "alice", None).unwrap();
+    let (_, other) = f.g.agent_add("bot2", "alice", None).unwrap();
+    let before =
+        f.g.authenticate_agent(token.expose_secret())
+            .unwrap()
+            .unwrap();
+    before.in_flight.fetch_add(3, Ordering::SeqCst);
+    f.g.agent_add("bot3", "alice", None).unwrap();
+    f.g.agent_revoke("bot3").unwrap(); // invalidates the principal cache
+    let after =
+        f.g.authenticate_agent(token.expose_secret())
+            .unwrap()
+            .unwrap();
+    assert!(!std::sync::Arc::ptr_eq(&before, &after), "a new principal");
+    assert!(std::sync::Arc::ptr_eq(&before.in_flight, &after.in_flight));
+    assert_eq!(after.in_flight.load(Ordering::SeqCst), 3);
+    let bot2 =
+        f.g.authenticate_agent(other.expose_secret())
+            .unwrap()
+            .unwrap();
+    assert_eq!(
+        bot2.in_flight.load(Ordering::SeqCst),
+        0,
+        "another agent's count is its own"
+    );
+}

@@ -21,8 +21,8 @@ use crate::store::Connection;
 use crate::store::audit::{Event, Record, escape_cow, write_body};
 
 /// A proxied call as the request path records it: shared handles and words, so answering the
-/// call copies next to nothing; the committer spells it out as an `Event`. Never arguments:
-/// they can carry secrets.
+/// call copies next to nothing; the committer writes its entry straight from it (`Record`).
+/// Never arguments: they can carry secrets.
 pub struct CallRecord {
     pub principal: Arc<Principal>,
     pub service: Arc<str>,
@@ -94,8 +94,10 @@ impl CallRecord {
 /// Calls answered whose entries wait for a commit: normally one window's worth; this bound is
 /// for a disk that stalls. Commits of a quarter second were seen on this machine under load
 /// (`slow audit commit`); at 16 000 calls a second 8 192 places lasted half a second and were
-/// overrun twice in a benchmark session, refusing calls. 32 768 hold two seconds (about 5 MB
-/// of records at most); past that, calls are refused until the store catches up (I7).
+/// overrun twice in a benchmark session, refusing calls. 32 768 hold two seconds. A record is
+/// about 150 bytes with the usual names (5 MB for a full queue); method and tool are cut to
+/// the entry's field cap, so at most about 4 KB. Past the bound, calls are refused until the
+/// store catches up (I7).
 const QUEUE: usize = 32768;
 const BATCH: usize = 1024;
 /// A commit's fixed cost (dirty pages, checksums, one fdatasync) is shared by every call in the
@@ -191,17 +193,22 @@ impl AuditQueue {
         if !self.healthy() {
             return false;
         }
-        if self.tx.try_send(call).is_err() {
-            // The committer is behind by a whole queue (a stalled disk): say so, at most once
-            // a second, since every call meanwhile is refused.
-            let now = self.started.elapsed().as_secs() + 1;
-            if self.warned.swap(now, Ordering::Relaxed) != now {
-                tracing::warn!(
-                    queued = QUEUE,
-                    "the audit queue is full (the store is not keeping up); refusing calls"
-                );
+        match self.tx.try_send(call) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                // The committer is behind by a whole queue (a stalled disk): say so, at most
+                // once a second, since every call meanwhile is refused.
+                let now = self.started.elapsed().as_secs() + 1;
+                if self.warned.swap(now, Ordering::Relaxed) != now {
+                    tracing::warn!(
+                        queued = QUEUE,
+                        "the audit queue is full (the store is not keeping up); refusing calls"
+                    );
+                }
+                return false;
             }
-            return false;
+            // The committer has stopped (shutting down): nothing more can be recorded.
+            Err(mpsc::error::TrySendError::Closed(_)) => return false,
         }
         self.queued.fetch_add(1, Ordering::SeqCst);
         true
@@ -215,7 +222,7 @@ mod tests {
 
     use super::*;
     use crate::store::ConnectionStatus;
-    use crate::store::audit::{Entry, append_entry, format_time};
+    use crate::store::audit::{Entry, append_entry, escape_untrusted, format_time};
 
     fn record(name: &str, tool: Option<&str>, method: Option<&str>, conn: bool) -> CallRecord {
         let mut principal = crate::gateway::agents::fixtures::principal();
@@ -246,19 +253,20 @@ mod tests {
     fn a_call_record_is_written_as_its_event_would_be() {
         let long = "x".repeat(700);
         let cases = [
-            record("bot", Some("echo"), Some("tools/call"), true),
-            record("bot", None, None, false),
-            record(
+            ("bot", Some("echo"), Some("tools/call"), true),
+            ("bot", None, None, false),
+            (
                 "b\"o\\t",
                 Some("a\"b\\c\n\u{202e}\u{0}é"),
                 Some("tools/\u{85}call"),
                 true,
             ),
-            record("bot", Some(&long), Some(&long), false),
+            ("bot", Some(long.as_str()), Some(long.as_str()), false),
         ];
         let time = format_time(OffsetDateTime::UNIX_EPOCH + time::Duration::nanoseconds(5));
         let prev = "cd".repeat(32);
-        for r in cases {
+        for (name, tool, method, conn) in cases {
+            let r = record(name, tool, method, conn);
             let (mut direct, mut general) = (Vec::new(), Vec::new());
             let h1 = append_entry(&mut direct, &r, 7, &time, &prev);
             let h2 = append_entry(&mut general, &r.into_event(), 7, &time, &prev);
@@ -270,6 +278,18 @@ mod tests {
             let entry: Entry = serde_json::from_slice(&direct).unwrap();
             assert_eq!(serde_json::to_vec(&entry).unwrap(), direct);
             assert_eq!(entry.compute_hash(), h1);
+            // Each field from outside, escaped (and capped) as the log requires.
+            assert_eq!(entry.actor, escape_untrusted(&format!("agent:{name}")));
+            assert_eq!(entry.target, "files\\u{1b}[2J");
+            let detail = |k: &str| entry.details.get(k).cloned();
+            assert_eq!(detail("tool"), tool.map(escape_untrusted));
+            assert_eq!(
+                detail("method"),
+                Some(escape_untrusted(method.unwrap_or("(stream)")))
+            );
+            assert_eq!(detail("connection"), conn.then(|| "c-1\\u{7}".to_owned()));
+            assert_eq!(detail("micros").as_deref(), Some("1234567"));
+            assert!(entry.details.values().all(|v| v.chars().count() <= 513));
             assert_eq!(entry.action, "mcp.call");
         }
     }

@@ -69,8 +69,8 @@ pub(crate) const SENSITIVE: [&str; 7] = [
 struct Keys<'de> {
     /// The first `FEW` keys, compared in place (no hashing for the usual small object); past
     /// that, all of them in `many`, so a huge object costs linear time, not quadratic.
-    /// Inline: the usual object (a handful of keys) allocates nothing.
-    few: smallvec::SmallVec<[Cow<'de, str>; 8]>,
+    /// Inline: an object of up to `FEW` keys allocates no key list.
+    few: smallvec::SmallVec<[Cow<'de, str>; FEW]>,
     many: HashSet<Cow<'de, str>>,
 }
 

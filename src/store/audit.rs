@@ -294,6 +294,15 @@ fn escape_details(mut details: BTreeMap<String, String>) -> BTreeMap<String, Str
     details
 }
 
+/// `s` cut to what `escape_untrusted` reads of it (the field cap and one character more, so
+/// the cut still shows): a string from outside held until it is written takes no more room.
+pub fn cap_untrusted(s: &str) -> &str {
+    match s.char_indices().nth(MAX_FIELD_CHARS + 1) {
+        Some((i, _)) => &s[..i],
+        None => s,
+    }
+}
+
 /// `escape_untrusted`, borrowing when nothing needs escaping (the usual case).
 pub fn escape_cow(s: &str) -> std::borrow::Cow<'_, str> {
     if needs_no_escape(s) {
@@ -368,6 +377,23 @@ pub enum ChainError {
     Empty,
     #[error("audit entry 1 is not the store's creation (the start of the log was replaced)")]
     BadGenesis,
+}
+
+impl ChainError {
+    /// Whether this is a break found between the log's first entry and its last (not at its
+    /// end: truncation, a head that does not match, an empty log).
+    pub fn is_in_chain(&self) -> bool {
+        matches!(
+            self,
+            Self::Misplaced { .. }
+                | Self::Gap { .. }
+                | Self::BrokenLink { .. }
+                | Self::Edited { .. }
+                | Self::Unreadable { .. }
+                | Self::BadGenesis
+                | Self::SegmentCount { .. }
+        )
+    }
 }
 
 /// Summary of a verified chain.
@@ -490,6 +516,39 @@ mod tests {
         assert_eq!(e.details["\\u{202e}k"], "v\\u{0}");
         assert_eq!(json, serde_json::to_vec(&e).unwrap());
         assert_eq!(serde_json::from_slice::<Entry>(&json).unwrap(), e);
+    }
+
+    /// An entry as an earlier version stored it (serialized by `serde_json`, before entries
+    /// were written by hand and stored in segments): its hash still verifies, and the hand
+    /// encoder writes the same bytes for the same event.
+    #[test]
+    fn an_entry_stored_by_an_earlier_version_verifies() {
+        let stored = r#"{"seq":2,"time":"2026-11-28T01:46:51.25478537Z","actor":"admin","action":"vault.init","target":"/tmp/oldfmt/d","outcome":"ok","details":{"kdf":"argon2id m=19456 t=2 p=1"},"prev_hash":"b08ba3c88c0ba96b987945f75e0eb8fdfd053366b09f25313649a70523a6c88c","hash":"72172a5d463244988506e8a8b1af311769ba0219796782b3b63ee092be160520"}"#;
+        let e: Entry = serde_json::from_str(stored).unwrap();
+        assert_eq!(e.compute_hash(), e.hash);
+        let event = Event::new("admin", "vault.init", "/tmp/oldfmt/d", "ok")
+            .detail("kdf", "argon2id m=19456 t=2 p=1");
+        let mut out = Vec::new();
+        let hash = append_entry(&mut out, &event, 2, &format_time(e.time), &e.prev_hash);
+        assert_eq!(hash, e.hash);
+        assert_eq!(String::from_utf8(out).unwrap(), stored);
+    }
+
+    /// A string cut by `cap_untrusted` escapes exactly as the whole string does.
+    #[test]
+    fn capping_keeps_what_escaping_writes() {
+        for s in [
+            "short".to_owned(),
+            "x".repeat(512),
+            "x".repeat(513),
+            "x".repeat(5000),
+            "é".repeat(600),
+            format!("{}\u{1b}", "a".repeat(520)),
+        ] {
+            let capped = cap_untrusted(&s);
+            assert!(capped.chars().count() <= MAX_FIELD_CHARS + 1);
+            assert_eq!(escape_untrusted(capped), escape_untrusted(&s));
+        }
     }
 
     #[test]
