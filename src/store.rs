@@ -47,15 +47,16 @@ const INDEXES: &str = "indexes";
 const INDEXES_VERSION: &[u8] = b"3";
 const LOGIN_LINKS: TableDefinition<&str, &[u8]> = TableDefinition::new("login_links");
 const SESSIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("sessions");
-/// The audit log in segments: each row holds the entries one transaction appended, as JSON
-/// lines in order, under the seq of its last entry. An action's own entry is a segment of
-/// one (as every row was before segments); a group commit of calls is a few segments (see
-/// `SEGMENT_BYTES`), so it costs the B-tree one insert per segment rather than one per call. Every entry is still chained and
-/// verified on its own (`audit::verify_chain`).
+/// The audit log in segments: each row holds entries one transaction appended, as JSON lines
+/// in order, under the seq of its last entry. An action's own entry is a segment of one (as
+/// every row was before segments); a group commit of calls is a few segments (see
+/// `SEGMENT_BYTES`), so it costs the B-tree one insert per segment rather than one per call.
+/// Every entry is still chained and verified on its own (`audit::verify_chain`).
 const AUDIT: TableDefinition<u64, &[u8]> = TableDefinition::new("audit");
-/// A segment's size cap: a value just under a power of two of redb's 4 KiB page, so it fills
-/// its page (a soft cap: a single entry bigger than this, up to about 20 KB, is stored alone) (one segment per commit wasted a third of each page on average, and doubled the
-/// file's growth), while a commit still takes one insert per ~35 entries.
+/// A segment's size cap, just under a power of two of redb's 4 KiB page so a segment fills its
+/// page: one uncapped segment per commit wasted a third of each page on average and doubled
+/// the file's growth. A commit still takes one insert per ~35 call entries. The cap is soft:
+/// a single entry bigger than it (up to about 20 KB) is stored alone.
 const SEGMENT_BYTES: usize = 16 * 1024 - 256;
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const AUDIT_HEAD: &str = "audit_head";
@@ -847,6 +848,11 @@ fn verify(txn: &ReadTransaction, key: Option<&HeadKey>) -> Result<Verified, Stor
         Some(v) => Some(parse_head(v.value()).map_err(|_| ChainError::HeadMismatch { seq: 0 })?),
         None => None,
     };
+    /// Just an entry's own number.
+    #[derive(serde::Deserialize)]
+    struct Seq {
+        seq: u64,
+    }
     let t = txn.open_table(AUDIT).map_err(st)?;
     let mut rows = Vec::new();
     // The first segment whose entries do not number up to its key: reported after any
@@ -859,10 +865,6 @@ fn verify(txn: &ReadTransaction, key: Option<&HeadKey>) -> Result<Verified, Stor
         // A segment's entries must number up to its key from its first entry's own seq; if
         // not, entries were removed from or added inside it (a whole row removed is a `Gap`,
         // an unparsable first entry is `Unreadable`).
-        #[derive(serde::Deserialize)]
-        struct Seq {
-            seq: u64,
-        }
         let entries = (rows.len() - start) as u64;
         if miscounted.is_none()
             && entries > 1
