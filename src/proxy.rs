@@ -165,7 +165,7 @@ struct Target {
     svc: crate::config::Service,
     /// The service's name, shared by every call's audit record.
     name: Arc<str>,
-    uri: Uri,
+    origin: upstream::Origin,
     /// An API-key service's own header (`None`: `Authorization`).
     key_header: Option<HeaderName>,
     credentials: CredentialCache,
@@ -198,8 +198,14 @@ impl Proxy {
             .services
             .iter()
             .filter_map(|(name, svc)| {
-                let uri = match svc.mcp_url.as_str().parse::<Uri>() {
-                    Ok(u) => u,
+                let origin = match svc
+                    .mcp_url
+                    .as_str()
+                    .parse::<Uri>()
+                    .map_err(|e| e.to_string())
+                    .and_then(upstream::Origin::new)
+                {
+                    Ok(o) => o,
                     Err(e) => {
                         tracing::error!(service = %name, error = %e, "mcp_url is not a usable URI");
                         return None;
@@ -216,7 +222,7 @@ impl Proxy {
                 let target = Target {
                     svc: svc.clone(),
                     name: Arc::from(name.as_str()),
-                    uri,
+                    origin,
                     key_header,
                     credentials: CredentialCache::default(),
                 };
@@ -358,7 +364,6 @@ impl Proxy {
         };
         let mut req = Request::new(Full::new(body));
         *req.method_mut() = method.clone();
-        *req.uri_mut() = target.uri.clone();
         let out = req.headers_mut();
         for (name, value) in headers {
             let n = name.as_str();
@@ -394,9 +399,15 @@ impl Proxy {
             }
         }
         // Only the start of the answer is timed: a live SSE stream is never cut.
-        match tokio::time::timeout(self.response_start_timeout, upstream::request(req)).await {
+        let sent = upstream::send(&target.origin, req);
+        match tokio::time::timeout(self.response_start_timeout, sent).await {
             Err(_) => Err(StatusCode::GATEWAY_TIMEOUT),
-            Ok(Err(_)) => Err(StatusCode::BAD_GATEWAY),
+            Ok(Err(e)) => {
+                // What went wrong on the way (refused, TLS, protocol), for the operator; no
+                // credential is part of it.
+                tracing::warn!(service = %target.name, error = %e, "upstream unreachable");
+                Err(StatusCode::BAD_GATEWAY)
+            }
             Ok(Ok(r)) => Ok(r),
         }
     }

@@ -246,6 +246,8 @@ pub async fn serve_threads(
                             let mut tick = tokio::time::interval(Duration::from_secs(1));
                             loop {
                                 tick.tick().await;
+                                // This thread's long-idle upstream connections are closed.
+                                crate::proxy::upstream::sweep();
                             }
                         });
                         match TcpListener::from_std(l) {

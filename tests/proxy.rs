@@ -665,53 +665,280 @@ async fn an_unfinished_filtered_tools_list_is_a_504_and_audited_as_one() {
     );
 }
 
-/// An HTTPS upstream is reached over TLS with its certificate verified: one whose certificate
-/// no trusted root vouches for (self-signed here) gets 502, the handshake is aborted by the
-/// gateway, and no request (so no credential) reaches it.
-#[tokio::test]
-async fn an_https_upstream_with_an_untrusted_certificate_gets_nothing() {
+/// A TLS acceptor for `localhost` offering `alpn`, with a certificate from a new CA (written
+/// to `dir/ca.pem`, which a test may make trusted).
+fn tls_acceptor(
+    dir: &std::path::Path,
+    alpn: &[&[u8]],
+) -> (tokio_rustls::TlsAcceptor, std::path::PathBuf) {
     use tokio_rustls::rustls::pki_types::pem::PemObject;
     use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
-    let dir = tempfile::tempdir().unwrap();
-    let (cert, key) = (dir.path().join("c.pem"), dir.path().join("k.pem"));
-    let ok = std::process::Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-        ])
-        .args([
-            "-days",
-            "1",
-            "-subj",
-            "/CN=localhost",
-            "-addext",
-            "subjectAltName=DNS:localhost",
-        ])
-        .arg("-keyout")
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .output()
-        .unwrap();
-    assert!(
-        ok.status.success(),
-        "{}",
-        String::from_utf8_lossy(&ok.stderr)
-    );
+    let (ca, ca_key) = (dir.join("ca.pem"), dir.join("ca-key.pem"));
+    let (cert, key) = (dir.join("c.pem"), dir.join("k.pem"));
+    let openssl = |args: &[&std::ffi::OsStr]| {
+        let out = std::process::Command::new("openssl")
+            .args([
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+            ])
+            .args(["-nodes", "-days", "1"])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    openssl(&[
+        "-subj".as_ref(),
+        "/CN=test CA".as_ref(),
+        "-keyout".as_ref(),
+        ca_key.as_os_str(),
+        "-out".as_ref(),
+        ca.as_os_str(),
+    ]);
+    openssl(&[
+        "-CA".as_ref(),
+        ca.as_os_str(),
+        "-CAkey".as_ref(),
+        ca_key.as_os_str(),
+        "-subj".as_ref(),
+        "/CN=localhost".as_ref(),
+        "-addext".as_ref(),
+        "subjectAltName=DNS:localhost".as_ref(),
+        "-addext".as_ref(),
+        "basicConstraints=critical,CA:FALSE".as_ref(),
+        "-keyout".as_ref(),
+        key.as_os_str(),
+        "-out".as_ref(),
+        cert.as_os_str(),
+    ]);
     let _ = tokio_rustls::rustls::crypto::ring::default_provider().install_default();
-    let tls = tokio_rustls::rustls::ServerConfig::builder()
+    let mut tls = tokio_rustls::rustls::ServerConfig::builder()
         .with_no_client_auth()
         .with_single_cert(
             vec![CertificateDer::from_pem_file(&cert).unwrap()],
             PrivateKeyDer::from_pem_file(&key).unwrap(),
         )
         .unwrap();
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+    tls.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    (tokio_rustls::TlsAcceptor::from(Arc::new(tls)), ca)
+}
+
+/// An HTTPS upstream whose certificate the gateway trusts (`SSL_CERT_FILE`) is spoken to in
+/// HTTP/2 when it offers it by ALPN, else HTTP/1.1 with the origin's Host; either way its
+/// connection is kept and reused, and only the service's key arrives.
+#[tokio::test]
+async fn an_https_upstream_gets_http2_by_alpn_or_http11_over_one_kept_connection() {
+    for (alpn, version) in [
+        (
+            &[b"h2".as_slice(), b"http/1.1"][..],
+            axum::http::Version::HTTP_2,
+        ),
+        (&[b"http/1.1".as_slice()][..], axum::http::Version::HTTP_11),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let (acceptor, ca) = tls_acceptor(dir.path(), alpn);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let connections = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let (c2, s2) = (connections.clone(), seen.clone());
+        tokio::spawn(async move {
+            while let Ok((sock, _)) = listener.accept().await {
+                let Ok(tls) = acceptor.accept(sock).await else {
+                    continue;
+                };
+                c2.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let s3 = s2.clone();
+                let svc = hyper::service::service_fn(
+                    move |req: hyper::Request<hyper::body::Incoming>| {
+                        s3.lock().unwrap().push((
+                            req.version(),
+                            req.uri().clone(),
+                            req.headers().clone(),
+                        ));
+                        async {
+                            Ok::<_, std::convert::Infallible>(
+                                hyper::Response::builder()
+                                    .header("content-type", "application/json")
+                                    .body(axum::body::Body::from(
+                                        r#"{"jsonrpc":"2.0","id":1,"result":{"content":[]}}"#,
+                                    ))
+                                    .unwrap(),
+                            )
+                        }
+                    },
+                );
+                tokio::spawn(async move {
+                    let _ = hyper_util::server::conn::auto::Builder::new(
+                        hyper_util::rt::TokioExecutor::new(),
+                    )
+                    .serve_connection(hyper_util::rt::TokioIo::new(tls), svc)
+                    .await;
+                });
+            }
+        });
+        let gw = free_port();
+        let inst = Instance::init_with(&format!(
+            "listen = \"127.0.0.1:{gw}\"\n[limits]\nlistener_threads = 1\n[services.tls]\nkind = \"api_key\"\nmcp_url = \"https://localhost:{port}/mcp\"\nheader = \"X-API-Key\"\n"
+        ));
+        let server = inst.start_with(|c| {
+            c.env("SSL_CERT_FILE", &ca);
+        });
+        inst.ok(&["user", "add", "alice"], b"");
+        inst.ok(
+            &["apikey", "set", "tls", "--user", "alice"],
+            KEY_A.as_bytes(),
+        );
+        let token = inst
+            .ok(&["agent", "add", "a", "--user", "alice"], b"")
+            .trim()
+            .to_owned();
+        let http = reqwest::Client::new();
+        for id in 0..5 {
+            let r = http
+                .post(format!("http://127.0.0.1:{gw}/mcp/tls"))
+                .bearer_auth(&token)
+                .header("content-type", "application/json")
+                .header("accept", "application/json, text/event-stream")
+                .body(call(id, "read_file").to_string())
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200, "{version:?}: {}", server.logs());
+            r.bytes().await.unwrap();
+        }
+        let seen = seen.lock().unwrap().clone();
+        assert_eq!(seen.len(), 5);
+        for (v, uri, headers) in &seen {
+            assert_eq!(*v, version);
+            assert_eq!(uri.path(), "/mcp");
+            assert_eq!(headers.get("x-api-key").unwrap(), KEY_A);
+            assert!(headers.get("authorization").is_none());
+            if version == axum::http::Version::HTTP_11 {
+                assert_eq!(headers.get("host").unwrap(), &format!("localhost:{port}"));
+            } else {
+                assert_eq!(
+                    uri.authority().unwrap().as_str(),
+                    format!("localhost:{port}")
+                );
+            }
+        }
+        assert_eq!(
+            connections.load(std::sync::atomic::Ordering::SeqCst),
+            1,
+            "{version:?}"
+        );
+    }
+}
+
+/// An upstream that closes each connection after its answer, without saying so: every call
+/// still gets through, each once, on a new connection.
+#[tokio::test]
+async fn an_upstream_closing_connections_unannounced_loses_no_call() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let bodies = Arc::new(Mutex::new(Vec::<String>::new()));
+    let b2 = bodies.clone();
+    tokio::spawn(async move {
+        while let Ok((mut sock, _)) = listener.accept().await {
+            let b3 = b2.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                // One request: its head, then Content-Length bytes of body.
+                let body = loop {
+                    let n = sock.read(&mut chunk).await.unwrap();
+                    if n == 0 {
+                        return;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                    let text = String::from_utf8_lossy(&buf).to_string();
+                    if let Some(end) = text.find("\r\n\r\n") {
+                        let len: usize = text[..end]
+                            .lines()
+                            .find_map(|l| {
+                                l.to_ascii_lowercase()
+                                    .strip_prefix("content-length:")
+                                    .map(|v| v.trim().parse().unwrap())
+                            })
+                            .unwrap_or(0);
+                        if buf.len() >= end + 4 + len {
+                            break text[end + 4..end + 4 + len].to_owned();
+                        }
+                    }
+                };
+                b3.lock().unwrap().push(body);
+                let answer = r#"{"jsonrpc":"2.0","id":1,"result":{"content":[]}}"#;
+                let out = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{answer}",
+                    answer.len()
+                );
+                sock.write_all(out.as_bytes()).await.unwrap();
+                // Closed with no `Connection: close`: the gateway finds out by itself.
+            });
+        }
+    });
+    let gw = free_port();
+    let inst = Instance::init_with(&format!(
+        "listen = \"127.0.0.1:{gw}\"\n[limits]\nlistener_threads = 1\n[services.closer]\nkind = \"api_key\"\nmcp_url = \"http://127.0.0.1:{port}/mcp\"\nheader = \"X-API-Key\"\n"
+    ));
+    let _server = inst.start();
+    inst.ok(&["user", "add", "alice"], b"");
+    inst.ok(
+        &["apikey", "set", "closer", "--user", "alice"],
+        KEY_A.as_bytes(),
+    );
+    let token = inst
+        .ok(&["agent", "add", "a", "--user", "alice"], b"")
+        .trim()
+        .to_owned();
+    let http = reqwest::Client::new();
+    for id in 0..20 {
+        let r = http
+            .post(format!("http://127.0.0.1:{gw}/mcp/closer"))
+            .bearer_auth(&token)
+            .header("content-type", "application/json")
+            .body(call(id, "read_file").to_string())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "call {id}: {:?}", r.text().await);
+        r.bytes().await.unwrap();
+        // Upstream's close reaches the gateway before the next call.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let bodies = bodies.lock().unwrap().clone();
+    let ids: Vec<u64> = bodies
+        .iter()
+        .map(|b| {
+            serde_json::from_str::<Value>(b).unwrap()["id"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(
+        ids,
+        (0..20).collect::<Vec<_>>(),
+        "each call exactly once, in order"
+    );
+}
+
+/// An HTTPS upstream is reached over TLS with its certificate verified: one whose certificate
+/// no trusted root vouches for (self-signed here) gets 502, the handshake is aborted by the
+/// gateway, and no request (so no credential) reaches it.
+#[tokio::test]
+async fn an_https_upstream_with_an_untrusted_certificate_gets_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let acceptor = tls_acceptor(dir.path(), &[]).0;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     let outcomes = Arc::new(Mutex::new(Vec::<Result<usize, String>>::new()));
