@@ -281,10 +281,13 @@ impl Proxy {
         {
             // Whatever the refresh's outcome, read again: a revocation that landed meanwhile
             // must not be answered with the credential read before it.
-            let _ = self
-                .refresher
-                .refresh(&cred.conn.id, cred.conn.secret_record.as_deref())
-                .await;
+            // Boxed, as every rare path here: a token request's state (some KiB) inline would
+            // make every call's future that much bigger, and it is copied on every call.
+            let _ = Box::pin(
+                self.refresher
+                    .refresh(&cred.conn.id, cred.conn.secret_record.as_deref()),
+            )
+            .await;
             return self.load_credential(p, target).await;
         }
         Some(cred)
@@ -704,12 +707,14 @@ pub async fn handle(proxy: Arc<Proxy>, service: &str, req: Request<Incoming>) ->
             && cred.conn.kind == crate::store::ConnectionKind::Oauth
         {
             retried = true;
-            if proxy
-                .refresher
-                .refresh_after_401(&cred.conn.id, cred.conn.secret_record.as_deref())
-                .await
-                .is_ok()
-                && let Some(c) = proxy.credential(&principal, target).await
+            if Box::pin(
+                proxy
+                    .refresher
+                    .refresh_after_401(&cred.conn.id, cred.conn.secret_record.as_deref()),
+            )
+            .await
+            .is_ok()
+                && let Some(c) = Box::pin(proxy.credential(&principal, target)).await
             {
                 cred = c;
                 continue;
@@ -934,4 +939,23 @@ fn filter_tools_list(
 pub fn forwarded_request_header(name: &HeaderName) -> bool {
     let n = name.as_str();
     FORWARD_REQUEST.contains(&n) || n == "mcp-session-id"
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The size of the future a function returns, without calling it.
+    fn future_size<A, B, C, F>(_: fn(A, B, C) -> F) -> usize {
+        std::mem::size_of::<F>()
+    }
+
+    /// Every call's future is built on the stack and then boxed (hyper's service, our
+    /// listener), so its whole size is copied per call, however little of it the call uses:
+    /// the rare paths (a connection's setup, a token refresh) stay boxed, out of it.
+    #[test]
+    fn a_call_future_stays_small() {
+        let size = future_size::<Arc<Proxy>, &'static str, Request<Incoming>, _>(handle);
+        assert!(size < 4096, "a call's future is {size} bytes");
+    }
 }
