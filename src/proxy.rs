@@ -60,8 +60,6 @@ const FORWARD_RESPONSE: [HeaderName; 5] = [
 ];
 // Header names made once, not parsed from a string on every call.
 const MCP_PROTOCOL_VERSION: HeaderName = HeaderName::from_static("mcp-protocol-version");
-const MCP_METHOD: HeaderName = HeaderName::from_static("mcp-method");
-const MCP_NAME: HeaderName = HeaderName::from_static("mcp-name");
 const MCP_SESSION_ID: HeaderName = HeaderName::from_static("mcp-session-id");
 const X_ACCEL_BUFFERING: HeaderName = HeaderName::from_static("x-accel-buffering");
 
@@ -456,8 +454,46 @@ fn unauthorized() -> Response {
     r
 }
 
-fn bearer(headers: &HeaderMap) -> Option<&[u8]> {
-    let v = headers.get(header::AUTHORIZATION)?.as_bytes();
+/// The request headers the proxy reads, found in one pass over them (not one hashed lookup
+/// each): the first value of each, as `HeaderMap::get` gives it.
+#[derive(Default)]
+struct AgentHeaders<'a> {
+    content_length: Option<&'a HeaderValue>,
+    origin: Option<&'a HeaderValue>,
+    authorization: Option<&'a HeaderValue>,
+    protocol_version: Option<&'a HeaderValue>,
+    method: Option<&'a HeaderValue>,
+    name: Option<&'a HeaderValue>,
+    session: Option<&'a HeaderValue>,
+}
+
+impl<'a> AgentHeaders<'a> {
+    fn read(headers: &'a HeaderMap) -> Self {
+        let mut h = Self::default();
+        for (name, value) in headers {
+            let slot = match name.as_str() {
+                "content-length" => &mut h.content_length,
+                "origin" => &mut h.origin,
+                "authorization" => &mut h.authorization,
+                "mcp-protocol-version" => &mut h.protocol_version,
+                "mcp-method" => &mut h.method,
+                "mcp-name" => &mut h.name,
+                "mcp-session-id" => &mut h.session,
+                _ => continue,
+            };
+            // A name's values come together, its first first.
+            slot.get_or_insert(value);
+        }
+        h
+    }
+}
+
+fn text(v: Option<&HeaderValue>) -> Option<&str> {
+    v.and_then(|v| v.to_str().ok())
+}
+
+fn bearer(authorization: Option<&HeaderValue>) -> Option<&[u8]> {
+    let v = authorization?.as_bytes();
     let rest = v
         .strip_prefix(b"Bearer ")
         .or_else(|| v.strip_prefix(b"bearer "))?;
@@ -487,17 +523,16 @@ pub async fn handle(proxy: Arc<Proxy>, service: &str, req: Request<Incoming>) ->
     let (parts, body) = req.into_parts();
     let (method, headers) = (parts.method, parts.headers);
     let max_body = proxy.gateway.config.limits.max_body_bytes;
+    let agent_headers = AgentHeaders::read(&headers);
     // A declared length over the limit is refused before a byte of the body is read.
-    if headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
+    if text(agent_headers.content_length)
         .and_then(|v| v.parse::<u64>().ok())
         .is_some_and(|n| n > max_body as u64)
     {
         return too_large();
     }
     // DNS-rebinding defence: a browser page from another origin gets 403.
-    if let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok())
+    if let Some(origin) = text(agent_headers.origin)
         && origin != proxy.public_origin
     {
         return plain(StatusCode::FORBIDDEN, "origin not allowed\n");
@@ -508,7 +543,7 @@ pub async fn handle(proxy: Arc<Proxy>, service: &str, req: Request<Incoming>) ->
             "MCP uses POST, GET and DELETE\n",
         );
     }
-    let Some(token) = bearer(&headers) else {
+    let Some(token) = bearer(agent_headers.authorization) else {
         return unauthorized();
     };
     let principal = match proxy.gateway.cached_principal(token) {
@@ -539,10 +574,7 @@ pub async fn handle(proxy: Arc<Proxy>, service: &str, req: Request<Incoming>) ->
     if !proxy.audit.healthy() {
         return audit_unavailable();
     }
-    let version = headers
-        .get(MCP_PROTOCOL_VERSION)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
+    let version = text(agent_headers.protocol_version).unwrap_or("");
     let stateless = !version.is_empty() && version >= STATELESS_REVISION;
     if method != Method::POST && stateless {
         return plain(
@@ -579,8 +611,8 @@ pub async fn handle(proxy: Arc<Proxy>, service: &str, req: Request<Incoming>) ->
     // Checked whenever present (and required when stateless), so an upstream that routes on
     // these headers cannot be told something the body does not say.
     if let Some(m) = &message {
-        let header_method = headers.get(MCP_METHOD).and_then(|v| v.to_str().ok());
-        let header_name = headers.get(MCP_NAME).and_then(|v| v.to_str().ok());
+        let header_method = text(agent_headers.method);
+        let header_name = text(agent_headers.name);
         let body_name = match m {
             Message::Request { target, .. } => target.as_deref(),
             _ => None,
@@ -637,10 +669,7 @@ pub async fn handle(proxy: Arc<Proxy>, service: &str, req: Request<Incoming>) ->
         );
     }
     // I14: a session id is only usable by the agent that opened it (and is never auth).
-    let session = headers
-        .get(MCP_SESSION_ID)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
+    let session = text(agent_headers.session);
     if !stateless && let Some(sid) = &session {
         let owner = proxy
             .sessions
@@ -760,20 +789,27 @@ pub async fn handle(proxy: Arc<Proxy>, service: &str, req: Request<Incoming>) ->
     *out.status_mut() = status;
     let head = out.headers_mut();
     let mut is_sse = false;
-    for name in FORWARD_RESPONSE {
-        if let Some(v) = resp.headers().get(&name) {
-            if name == header::CONTENT_TYPE
-                && v.to_str().is_ok_and(|s| s.starts_with("text/event-stream"))
-            {
-                is_sse = true;
-            }
-            head.insert(name, v.clone());
+    let (mut upstream_session, mut length) = (None, None);
+    // One pass over upstream's headers; of each forwarded one, its first value (as `get`).
+    for (name, v) in resp.headers() {
+        if name == header::CONTENT_LENGTH {
+            length.get_or_insert(v);
+            continue;
         }
+        if !FORWARD_RESPONSE.contains(name) || head.contains_key(name) {
+            continue;
+        }
+        if name == header::CONTENT_TYPE
+            && v.to_str().is_ok_and(|s| s.starts_with("text/event-stream"))
+        {
+            is_sse = true;
+        }
+        if name == MCP_SESSION_ID {
+            upstream_session = v.to_str().ok();
+        }
+        head.insert(name, v.clone());
     }
-    if let Some(sid) = resp
-        .headers()
-        .get(MCP_SESSION_ID)
-        .and_then(|v| v.to_str().ok())
+    if let Some(sid) = upstream_session
         && !stateless
         && let Ok(mut m) = proxy.sessions.lock()
     {
@@ -829,7 +865,7 @@ pub async fn handle(proxy: Arc<Proxy>, service: &str, req: Request<Incoming>) ->
         return out;
     }
     // Passed through unchanged, the body keeps upstream's length: no re-chunking.
-    if let Some(len) = resp.headers().get(header::CONTENT_LENGTH) {
+    if let Some(len) = length {
         out.headers_mut()
             .insert(header::CONTENT_LENGTH, len.clone());
     }
@@ -948,6 +984,46 @@ mod tests {
     /// The size of the future a function returns, without calling it.
     fn future_size<A, B, C, F>(_: fn(A, B, C) -> F) -> usize {
         std::mem::size_of::<F>()
+    }
+
+    /// One pass finds what `HeaderMap::get` would: the first value of each header read,
+    /// whatever the case it was sent in; others are not picked up.
+    #[test]
+    fn agent_headers_are_read_as_get_reads_them() {
+        let mut h = HeaderMap::new();
+        for (n, v) in [
+            ("Authorization", "Bearer first"),
+            ("x-other", "1"),
+            ("authorization", "Bearer second"),
+            ("MCP-Method", "tools/call"),
+            ("mcp-name", "a"),
+            ("Mcp-Name", "b"),
+            ("mcp-session-id", "s1"),
+            ("Origin", "http://o"),
+            ("content-length", "12"),
+            ("mcp-protocol-version", "2025-11-25"),
+        ] {
+            h.append(
+                HeaderName::from_bytes(n.as_bytes()).unwrap(),
+                HeaderValue::from_static(v),
+            );
+        }
+        let a = AgentHeaders::read(&h);
+        for (got, name) in [
+            (a.authorization, "authorization"),
+            (a.method, "mcp-method"),
+            (a.name, "mcp-name"),
+            (a.session, "mcp-session-id"),
+            (a.origin, "origin"),
+            (a.content_length, "content-length"),
+            (a.protocol_version, "mcp-protocol-version"),
+        ] {
+            assert_eq!(got, h.get(name), "{name}");
+        }
+        assert_eq!(bearer(a.authorization), Some(&b"first"[..]));
+        let empty = HeaderMap::new();
+        let none = AgentHeaders::read(&empty);
+        assert!(none.authorization.is_none() && none.session.is_none() && none.method.is_none());
     }
 
     /// Every call's future is built on the stack and then boxed (hyper's service, our
