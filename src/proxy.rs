@@ -357,7 +357,7 @@ impl Proxy {
         body: &Bytes,
         stateless: bool,
         credential: &Credential,
-    ) -> Result<hyper::Response<Incoming>, StatusCode> {
+    ) -> Result<(hyper::Response<Incoming>, upstream::Lease), StatusCode> {
         let body = if method == Method::POST {
             body.clone()
         } else {
@@ -690,8 +690,8 @@ pub async fn handle(proxy: Arc<Proxy>, service: &str, req: Request<Incoming>) ->
     };
     let mut retried = false;
     let mut nonce_retried = false;
-    let resp = loop {
-        let resp = match proxy
+    let (resp, lease) = loop {
+        let (resp, lease) = match proxy
             .forward(svc, target, &method, &headers, &body, stateless, &cred)
             .await
         {
@@ -727,7 +727,7 @@ pub async fn handle(proxy: Arc<Proxy>, service: &str, req: Request<Incoming>) ->
             }
             // A proof problem is not the token's: a refresh would not help.
             if crate::oauth::dpop::proof_rejected(status, resp.headers()) {
-                break resp;
+                break (resp, lease);
             }
         }
         // An upstream 401 on an OAuth connection: one refresh and one retry, never a loop.
@@ -749,7 +749,7 @@ pub async fn handle(proxy: Arc<Proxy>, service: &str, req: Request<Incoming>) ->
                 continue;
             }
         }
-        break resp;
+        break (resp, lease);
     };
     let status = resp.status();
     let outcome: Cow<'static, str> = if status.is_success() || status == StatusCode::ACCEPTED {
@@ -870,7 +870,8 @@ pub async fn handle(proxy: Arc<Proxy>, service: &str, req: Request<Incoming>) ->
             .insert(header::CONTENT_LENGTH, len.clone());
     }
     // The slot travels with the body: it is released when the stream ends or is dropped.
-    let body = upstream::Relay::new(resp.into_body(), proxy.stream_idle, slot);
+    // So does the upstream connection: back in the pool once the answer has been relayed.
+    let body = upstream::Relay::new(resp.into_body(), proxy.stream_idle, (slot, lease));
     *out.body_mut() = Body::new(body);
     out
 }

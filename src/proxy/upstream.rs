@@ -185,15 +185,29 @@ fn checkout(origin: &Origin) -> Option<Conn> {
     })
 }
 
-/// Back to this thread's pool once its answer's head is in. Not ready again until the body is
-/// read; `checkout` skips it until then, and a body dropped half-read closes it.
-fn checkin(origin: &Origin, c: http1::SendRequest<Full<Bytes>>) {
-    with_pool(|pool| {
-        let slot = pool.slot(origin.id);
-        if slot.h1.len() < MAX_POOLED {
-            slot.h1.push((c, Instant::now()));
+/// An HTTP/1.1 connection lent to one exchange. It goes back to this thread's pool when the
+/// exchange is over (the answer read to its end, or abandoned, which closes it), so the pool
+/// never holds, and `checkout` never scans, connections busy with a long stream.
+pub struct Lease(Option<(u64, http1::SendRequest<Full<Bytes>>)>);
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        let Some((id, c)) = self.0.take() else { return };
+        if c.is_closed() {
+            return;
         }
-    });
+        // Never during a thread's teardown, nor inside another use of the pool.
+        let _ = POOL.try_with(|p| {
+            if let Ok(mut p) = p.try_borrow_mut()
+                && let Some(pool) = p.as_mut()
+            {
+                let slot = pool.slot(id);
+                if slot.h1.len() < MAX_POOLED {
+                    slot.h1.push((c, Instant::now()));
+                }
+            }
+        });
+    }
 }
 
 /// Closes this thread's connections idle for longer than `IDLE_TIMEOUT`; the listener calls it
@@ -251,7 +265,7 @@ async fn connect(origin: &Origin) -> Result<Conn, SendError> {
 pub async fn send(
     origin: &Origin,
     mut req: Request<Full<Bytes>>,
-) -> Result<Response<Incoming>, SendError> {
+) -> Result<(Response<Incoming>, Lease), SendError> {
     let mut pooled = checkout(origin);
     loop {
         let reused = pooled.is_some();
@@ -268,17 +282,14 @@ pub async fn send(
                 // Connection-specific; the target's authority says it (RFC 9113 §8.3.1).
                 req.headers_mut().remove(header::HOST);
                 send.ready().await?;
-                send.try_send_request(req).await
+                send.try_send_request(req).await.map(|r| (r, Lease(None)))
             }
             Conn::H1(mut send) => {
                 *req.uri_mut() = origin.path.clone();
                 *req.version_mut() = Version::HTTP_11;
                 req.headers_mut().insert(header::HOST, origin.host.clone());
                 let r = send.try_send_request(req).await;
-                if r.is_ok() {
-                    checkin(origin, send);
-                }
-                r
+                r.map(|r| (r, Lease(Some((origin.id, send)))))
             }
         };
         match sent {
@@ -301,8 +312,8 @@ pub enum RelayError {
 
 /// Upstream's response body on its way to the agent: frames pass through unchanged and
 /// unbuffered (SSE events arrive as upstream sends them); a stream that is silent for `idle`
-/// (not even a heartbeat) ends with an error; `H` (the agent's stream slot) is held until the
-/// body is finished or dropped.
+/// (not even a heartbeat) ends with an error; `H` (the agent's stream slot, the upstream
+/// connection's lease) is held until the body is finished or dropped.
 pub struct Relay<H> {
     inner: Incoming,
     idle: Duration,
@@ -421,6 +432,10 @@ mod tests {
         req
     }
 
+    fn pooled(origin: &Origin) -> usize {
+        with_pool(|p| p.slot(origin.id).h1.len())
+    }
+
     async fn text(r: Response<Incoming>) -> String {
         let b = r.into_body().collect().await.unwrap().to_bytes();
         String::from_utf8(b.to_vec()).unwrap()
@@ -464,8 +479,12 @@ mod tests {
         let origin =
             Origin::new(format!("http://127.0.0.1:{port}/mcp?x=1").parse().unwrap()).unwrap();
         for n in 0..2 {
-            let r = send(&origin, post("{\"a\":1}")).await.unwrap();
+            let (r, lease) = send(&origin, post("{\"a\":1}")).await.unwrap();
+            // Lent out until the exchange is over.
+            assert_eq!(pooled(&origin), 0);
             assert_eq!(text(r).await, format!("{{\"n\":{n}}}"));
+            drop(lease);
+            assert_eq!(pooled(&origin), 1);
         }
         for _ in 0..2 {
             let (conn, req) = seen.recv().unwrap();
@@ -481,7 +500,7 @@ mod tests {
         close_tx.send(()).unwrap();
         closed.recv().unwrap();
         tokio::time::sleep(Duration::from_millis(100)).await;
-        let r = send(&origin, post("{\"b\":2}")).await.unwrap();
+        let (r, _lease) = send(&origin, post("{\"b\":2}")).await.unwrap();
         assert_eq!(text(r).await, "{\"n\":2}");
         let (conn, req) = seen.recv().unwrap();
         assert_eq!(conn, 2);
@@ -510,8 +529,9 @@ mod tests {
             }
         });
         let origin = Origin::new(format!("http://127.0.0.1:{port}/mcp").parse().unwrap()).unwrap();
-        let r = send(&origin, post("{\"first\":1}")).await.unwrap();
+        let (r, lease) = send(&origin, post("{\"first\":1}")).await.unwrap();
         assert_eq!(text(r).await, "{\"n\":0}");
+        drop(lease);
         assert!(send(&origin, post("{\"second\":1}")).await.is_err());
         assert!(seen.recv().unwrap().ends_with("{\"first\":1}"));
         assert!(seen.recv().unwrap().ends_with("{\"second\":1}"));
@@ -548,7 +568,9 @@ mod tests {
             ended_tx.send(()).unwrap();
         });
         let origin = Origin::new(format!("http://127.0.0.1:{port}/").parse().unwrap()).unwrap();
-        text(send(&origin, post("{}")).await.unwrap()).await;
+        let (r, lease) = send(&origin, post("{}")).await.unwrap();
+        text(r).await;
+        drop(lease);
         tokio::time::sleep(Duration::from_millis(50)).await;
         sweep();
         tokio::time::sleep(Duration::from_millis(100)).await;

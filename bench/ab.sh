@@ -1,0 +1,80 @@
+#!/usr/bin/env bash
+# A/B of two Scopegate binaries or configurations on a noisy machine: both serve the same
+# upstream at once, and short wrk runs alternate between them many times, so drift in what
+# else the machine is doing hits both alike. Prints each side's requests/s and CPU per request
+# (utime+stime of the whole process, from /proc) per round and in total.
+#   usage: A=path/to/scopegate B=path/to/scopegate [A_LT=n] [B_LT=n] [CONC=16] [SECS=2] \
+#          [ROUNDS=10] bash bench/ab.sh
+# (A and B default to target/release/scopegate; A_LT / B_LT set listener_threads.)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+REL=${CARGO_TARGET_DIR:-target}/release
+A=${A:-$REL/scopegate}; B=${B:-$REL/scopegate}
+CONC=${CONC:-16}; SECS=${SECS:-2}; ROUNDS=${ROUNDS:-10}
+for tool in wrk; do
+  command -v "$tool" >/dev/null || { [ "$(id -u)" = 0 ] && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; }
+done
+[ -x "$REL/examples/bench_upstream" ] || cargo build --release --locked --example bench_upstream 2>&1 | tail -1
+T=$(mktemp -d); chmod 700 "$T"
+KEY=bench-upstream-key-0d2c9e
+UP=19721
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$T"; }
+trap cleanup EXIT
+$REL/examples/bench_upstream $UP $KEY >/dev/null & pids+=($!)
+export SCOPEGATE_PASSPHRASE=bench-passphrase-not-secret
+
+start() { # side binary port threads -> sets ${side}_PID and ${side}_TOKEN
+  local side=$1 bin=$2 port=$3 lt=$4 dir=$T/$1
+  export SCOPEGATE_DATA_DIR=$dir
+  $bin init --kdf-memory-kib 19456 --kdf-iterations 2 --kdf-parallelism 1 >/dev/null
+  cat > "$dir/scopegate.toml" <<CONF
+listen = "127.0.0.1:$port"
+[limits]
+max_connections = 4096
+max_streams_per_agent = 4096
+listener_threads = $lt
+[services.bench]
+kind = "api_key"
+mcp_url = "http://127.0.0.1:$UP/mcp"
+header = "X-API-Key"
+CONF
+  RUST_LOG=warn $bin serve > "$dir.out" 2>&1 & pids+=($!)
+  eval "${side}_PID=$!"
+  for _ in $(seq 1200); do grep -q "scopegate: ready" "$dir.out" 2>/dev/null && break; sleep 0.1; done
+  $bin user add bench >/dev/null
+  echo -n $KEY | $bin apikey set bench --user bench >/dev/null
+  eval "${side}_TOKEN=$($bin agent add wrk --user bench 2>/dev/null)"
+}
+start A "$A" 19722 "${A_LT:-0}"
+start B "$B" 19723 "${B_LT:-0}"
+
+cat > "$T/post.lua" <<'LUA'
+wrk.method = "POST"
+wrk.body = '{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo","arguments":{"text":"hi"}}}'
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["Accept"] = "application/json, text/event-stream"
+wrk.headers["Authorization"] = os.getenv("AUTH")
+LUA
+ticks() { awk '{print $14+$15}' "/proc/$1/stat"; }
+hz=$(getconf CLK_TCK)
+one() { # side port -> "requests ticks"
+  local pid token; eval "pid=\$${1}_PID token=\$${1}_TOKEN"
+  local b; b=$(ticks "$pid")
+  local out; out=$(AUTH="Bearer $token" wrk -t$(( CONC < 2 ? 1 : 2 )) -c"$CONC" -d"${SECS}s" -s "$T/post.lua" "http://127.0.0.1:$2/mcp/bench")
+  echo "$out" | grep -q "Non-2xx" && { echo "$1: non-2xx answers; aborting" >&2; exit 1; }
+  echo "$(echo "$out" | awk '/requests in/ {print $1}') $(( $(ticks "$pid") - b ))"
+}
+echo "A=$A (listener_threads ${A_LT:-0})  B=$B (listener_threads ${B_LT:-0})  c=$CONC, ${SECS}s x $ROUNDS rounds each, alternating"
+ta=0; tb=0; na=0; nb=0
+for r in $(seq "$ROUNDS"); do
+  # Alternate which side goes first, so neither always follows the other.
+  if [ $((r % 2)) = 1 ]; then ra=$(one A 19722); rb=$(one B 19723); else rb=$(one B 19723); ra=$(one A 19722); fi
+  set -- $ra; na=$((na + $1)); ta=$((ta + $2)); a_req=$1 a_t=$2
+  set -- $rb; nb=$((nb + $1)); tb=$((tb + $2))
+  awk -v r="$r" -v an="$a_req" -v at="$a_t" -v bn="$1" -v bt="$2" -v hz="$hz" -v s="$SECS" 'BEGIN {
+    printf "round %2d  A %8.0f req/s %6.1f us/req   B %8.0f req/s %6.1f us/req\n", r, an/s, at*1e6/hz/an, bn/s, bt*1e6/hz/bn }'
+done
+awk -v na="$na" -v ta="$ta" -v nb="$nb" -v tb="$tb" -v hz="$hz" -v s="$SECS" -v R="$ROUNDS" 'BEGIN {
+  a = ta*1e6/hz/na; b = tb*1e6/hz/nb
+  printf "total     A %8.0f req/s %6.1f us/req   B %8.0f req/s %6.1f us/req   B/A cpu %.3f\n", na/s/R, a, nb/s/R, b, b/a }'
