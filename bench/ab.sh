@@ -9,7 +9,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 REL=${CARGO_TARGET_DIR:-target}/release
-A=${A:-$REL/scopegate}; B=${B:-$REL/scopegate}
+A=$(realpath "${A:-$REL/scopegate}"); B=$(realpath "${B:-$REL/scopegate}")
 CONC=${CONC:-16}; SECS=${SECS:-2}; ROUNDS=${ROUNDS:-10}
 for tool in wrk; do
   command -v "$tool" >/dev/null || { [ "$(id -u)" = 0 ] && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; }
@@ -19,12 +19,13 @@ T=$(mktemp -d); chmod 700 "$T"
 KEY=bench-upstream-key-0d2c9e
 UP=19721
 pids=()
+declare -A PID TOKEN
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$T"; }
 trap cleanup EXIT
 $REL/examples/bench_upstream $UP $KEY >/dev/null & pids+=($!)
 export SCOPEGATE_PASSPHRASE=bench-passphrase-not-secret
 
-start() { # side binary port threads -> sets ${side}_PID and ${side}_TOKEN
+start() { # side binary port threads -> sets PID[side] and TOKEN[side]
   local side=$1 bin=$2 port=$3 lt=$4 dir=$T/$1
   export SCOPEGATE_DATA_DIR=$dir
   $bin init --kdf-memory-kib 19456 --kdf-iterations 2 --kdf-parallelism 1 >/dev/null
@@ -40,11 +41,12 @@ mcp_url = "http://127.0.0.1:$UP/mcp"
 header = "X-API-Key"
 CONF
   RUST_LOG=warn $bin serve > "$dir.out" 2>&1 & pids+=($!)
-  eval "${side}_PID=$!"
+  PID[$side]=$!
   for _ in $(seq 1200); do grep -q "scopegate: ready" "$dir.out" 2>/dev/null && break; sleep 0.1; done
+  grep -q "scopegate: ready" "$dir.out" || { echo "$side never became ready:" >&2; cat "$dir.out" >&2; exit 1; }
   $bin user add bench >/dev/null
   echo -n $KEY | $bin apikey set bench --user bench >/dev/null
-  eval "${side}_TOKEN=$($bin agent add wrk --user bench 2>/dev/null)"
+  TOKEN[$side]=$($bin agent add wrk --user bench 2>/dev/null)
 }
 start A "$A" 19722 "${A_LT:-0}"
 start B "$B" 19723 "${B_LT:-0}"
@@ -59,10 +61,10 @@ LUA
 ticks() { awk '{print $14+$15}' "/proc/$1/stat"; }
 hz=$(getconf CLK_TCK)
 one() { # side port -> "requests ticks"
-  local pid token; eval "pid=\$${1}_PID token=\$${1}_TOKEN"
+  local pid=${PID[$1]} token=${TOKEN[$1]}
   local b; b=$(ticks "$pid")
   local out; out=$(AUTH="Bearer $token" wrk -t$(( CONC < 2 ? 1 : 2 )) -c"$CONC" -d"${SECS}s" -s "$T/post.lua" "http://127.0.0.1:$2/mcp/bench")
-  echo "$out" | grep -q "Non-2xx" && { echo "$1: non-2xx answers; aborting" >&2; exit 1; }
+  if echo "$out" | grep -qE "Non-2xx|Socket errors"; then echo "$1: failed requests; aborting" >&2; echo "$out" >&2; exit 1; fi
   echo "$(echo "$out" | awk '/requests in/ {print $1}') $(( $(ticks "$pid") - b ))"
 }
 echo "A=$A (listener_threads ${A_LT:-0})  B=$B (listener_threads ${B_LT:-0})  c=$CONC, ${SECS}s x $ROUNDS rounds each, alternating"

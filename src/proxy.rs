@@ -9,7 +9,7 @@ pub mod upstream;
 
 use std::borrow::Cow;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -405,12 +405,77 @@ impl Proxy {
             Err(_) => Err(StatusCode::GATEWAY_TIMEOUT),
             Ok(Err(e)) => {
                 // What went wrong on the way (refused, TLS, protocol), for the operator; no
-                // credential is part of it.
-                tracing::warn!(service = %target.name, error = %e, "upstream unreachable");
+                // credential is part of it. At most one line a second, however many calls fail.
+                if let Some(suppressed) = UNREACHABLE_LOG.admit() {
+                    tracing::warn!(
+                        service = %target.name,
+                        error = %Causes(&e),
+                        suppressed,
+                        "upstream unreachable"
+                    );
+                }
                 Err(StatusCode::BAD_GATEWAY)
             }
             Ok(Ok(r)) => Ok(r),
         }
+    }
+}
+
+static UNREACHABLE_LOG: Throttle = Throttle::new();
+
+/// One log line a second at most: `admit` says whether this one may go out, and how many were
+/// held back since the last that did.
+struct Throttle {
+    /// The second (Unix time) of the last line let out, and the lines held back since.
+    last: AtomicU64,
+    held: AtomicU64,
+}
+
+impl Throttle {
+    const fn new() -> Self {
+        Self {
+            last: AtomicU64::new(0),
+            held: AtomicU64::new(0),
+        }
+    }
+
+    fn admit(&self) -> Option<u64> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let last = self.last.load(Ordering::Relaxed);
+        if now > last
+            && self
+                .last
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            return Some(self.held.swap(0, Ordering::Relaxed));
+        }
+        self.held.fetch_add(1, Ordering::Relaxed);
+        None
+    }
+}
+
+/// An error and its causes, `outer: cause: root`: hyper's errors name only their own kind
+/// ("client error (Connect)"), the reason (refused, a certificate) is further down.
+struct Causes<'a>(&'a (dyn std::error::Error + 'static));
+
+impl std::fmt::Display for Causes<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut shown = self.0.to_string();
+        f.write_str(&shown)?;
+        let mut next = self.0.source();
+        while let Some(e) = next {
+            let text = e.to_string();
+            // A wrapper that already prints its cause (`cannot connect: {0}`) is not repeated.
+            if !shown.contains(&text) {
+                write!(f, ": {text}")?;
+                shown = text;
+            }
+            next = e.source();
+        }
+        Ok(())
     }
 }
 
@@ -1034,5 +1099,45 @@ mod tests {
     fn a_call_future_stays_small() {
         let size = future_size::<Arc<Proxy>, &'static str, Request<Incoming>, _>(handle);
         assert!(size < 4096, "a call's future is {size} bytes");
+    }
+
+    /// The operator's line names the reason below hyper's own words, once each.
+    #[tokio::test]
+    async fn an_unreachable_upstream_is_logged_with_its_causes() {
+        // A port nothing listens on: bound, then released.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let origin =
+            upstream::Origin::new(format!("http://127.0.0.1:{port}/mcp").parse().unwrap()).unwrap();
+        let req = Request::new(http_body_util::Full::new(axum::body::Bytes::new()));
+        let Err(e) = upstream::send(&origin, req).await else {
+            panic!("nothing listens there")
+        };
+        let shown = Causes(&e).to_string();
+        assert!(shown.starts_with("cannot connect: "), "{shown}");
+        assert!(shown.to_lowercase().contains("refused"), "{shown}");
+        let once = shown.split(": ").collect::<Vec<_>>();
+        let mut dedup = once.clone();
+        dedup.dedup();
+        assert_eq!(once, dedup, "a cause repeated: {shown}");
+    }
+
+    #[test]
+    fn the_throttle_lets_one_line_a_second_out_and_counts_the_rest() {
+        let t = Throttle::new();
+        assert_eq!(t.admit(), Some(0));
+        let mut out = 0;
+        for _ in 0..5 {
+            out += usize::from(t.admit().is_some());
+        }
+        // The second may have turned once meanwhile, not more.
+        assert!(out <= 1, "{out} lines let out in the same second");
+        if out == 0 {
+            t.last.store(0, Ordering::Relaxed);
+            assert_eq!(t.admit(), Some(5), "the five held back are counted");
+        }
     }
 }

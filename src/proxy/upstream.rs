@@ -29,9 +29,15 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tokio::time::{Instant, Sleep};
 use tower::Service;
 
-/// An idle connection whose last request went out longer ago than this is closed rather than
-/// reused (upstreams close theirs after a while too, often without a word).
+/// A connection idle for longer than this (an HTTP/1.1 one since its last exchange ended, an
+/// HTTP/2 one since its last request went out) is dropped by the next `sweep` rather than
+/// reused: upstreams close theirs after a while too, often without a word.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// HTTP/2 PINGs on a connection silent this long, and how long an answer may take, so a dead
+/// peer (no FIN, no RST: a host gone or a middlebox that dropped the flow) is noticed and the
+/// connection closed instead of taking requests that hang to the 504 (RFC 9113 §6.7).
+const H2_PING_INTERVAL: Duration = Duration::from_secs(30);
+const H2_PING_TIMEOUT: Duration = Duration::from_secs(10);
 /// Connections kept per origin and thread, idle or finishing an answer; more are closed once
 /// their exchange ends.
 const MAX_POOLED: usize = 512;
@@ -110,7 +116,7 @@ impl Origin {
 #[derive(Debug, thiserror::Error)]
 pub enum SendError {
     #[error("cannot connect: {0}")]
-    Connect(Box<dyn std::error::Error + Send + Sync>),
+    Connect(#[source] Box<dyn std::error::Error + Send + Sync>),
     #[error(transparent)]
     Http(#[from] hyper::Error),
 }
@@ -118,10 +124,11 @@ pub enum SendError {
 /// One origin's connections on one thread.
 #[derive(Default)]
 struct Slot {
-    /// HTTP/1.1 connections, idle or finishing an answer (not ready yet), most recent last.
+    /// Idle HTTP/1.1 connections, each with the time it came back, the most recent last.
     h1: Vec<(http1::SendRequest<Full<Bytes>>, Instant)>,
-    /// One HTTP/2 connection carries every request to the origin at once.
-    h2: Option<http2::SendRequest<Full<Bytes>>>,
+    /// One HTTP/2 connection carries every request to the origin at once; with the time of
+    /// its last checkout.
+    h2: Option<(http2::SendRequest<Full<Bytes>>, Instant)>,
 }
 
 struct Pool {
@@ -168,26 +175,30 @@ enum Conn {
     H2(http2::SendRequest<Full<Bytes>>),
 }
 
-/// A pooled connection ready for a request, if this thread has one. One still finishing an
-/// answer is not ready; closed and long-idle ones go at the next `sweep`.
+/// A pooled connection ready for a request, if this thread has one; closed and long-idle ones
+/// go at the next `sweep`.
 fn checkout(origin: &Origin) -> Option<Conn> {
     with_pool(|pool| {
         let slot = pool.slot(origin.id);
-        if let Some(h2) = &slot.h2 {
+        if let Some((h2, used)) = &mut slot.h2 {
             if !h2.is_closed() {
+                *used = Instant::now();
                 return Some(Conn::H2(h2.clone()));
             }
             slot.h2 = None;
         }
-        // Oldest first: the likeliest to have finished its last answer.
-        let i = slot.h1.iter().position(|(c, _)| c.is_ready())?;
+        // The most recent first: the least likely to have been closed by upstream meanwhile,
+        // and the older ones, left unused when traffic falls, age out in the sweep.
+        let i = slot.h1.iter().rposition(|(c, _)| c.is_ready())?;
         Some(Conn::H1(slot.h1.swap_remove(i).0))
     })
 }
 
 /// An HTTP/1.1 connection lent to one exchange. It goes back to this thread's pool when the
-/// exchange is over (the answer read to its end, or abandoned, which closes it), so the pool
-/// never holds, and `checkout` never scans, connections busy with a long stream.
+/// exchange is over: the answer relayed to its end, or abandoned (the agent went away), in
+/// which case hyper reads the rest of it out, or closes the connection, before it is ready
+/// again (`checkout` takes only a ready one). So the pool never holds, and `checkout` never
+/// scans, connections busy with a long stream.
 pub struct Lease(Option<(u64, http1::SendRequest<Full<Bytes>>)>);
 
 impl Drop for Lease {
@@ -210,8 +221,11 @@ impl Drop for Lease {
     }
 }
 
-/// Closes this thread's connections idle for longer than `IDLE_TIMEOUT`; the listener calls it
-/// from its once-a-second tick, so a quiet origin does not keep sockets open forever.
+/// Drops this thread's pooled connections that are closed or idle for longer than
+/// `IDLE_TIMEOUT`; the listener calls it from its once-a-second tick, so a quiet origin does
+/// not keep sockets open forever. An HTTP/1.1 connection dropped here closes at once (an idle
+/// one has no exchange); an HTTP/2 one once its streams in flight, if any, have ended. Pools of
+/// other threads (a test's, a one-off command's) are not swept: they end with their thread.
 pub fn sweep() {
     sweep_at(Instant::now());
 }
@@ -222,11 +236,12 @@ fn sweep_at(now: Instant) {
             && let Some(pool) = p.as_mut()
         {
             for (_, slot) in &mut pool.slots {
-                // Busy ones stay: a stream in progress is never cut here.
                 slot.h1.retain(|(c, since)| {
-                    !c.is_closed() && (!c.is_ready() || now.duration_since(*since) <= IDLE_TIMEOUT)
+                    !c.is_closed() && now.duration_since(*since) <= IDLE_TIMEOUT
                 });
-                if slot.h2.as_ref().is_some_and(|c| c.is_closed()) {
+                if slot.h2.as_ref().is_some_and(|(c, used)| {
+                    c.is_closed() || now.duration_since(*used) > IDLE_TIMEOUT
+                }) {
                     slot.h2 = None;
                 }
             }
@@ -245,10 +260,12 @@ async fn connect(origin: &Origin) -> Result<Conn, SendError> {
     if io.connected().is_negotiated_h2() {
         let (send, conn) = http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
+            .keep_alive_interval(H2_PING_INTERVAL)
+            .keep_alive_timeout(H2_PING_TIMEOUT)
             .handshake(io)
             .await?;
         tokio::spawn(conn);
-        with_pool(|p| p.slot(origin.id).h2 = Some(send.clone()));
+        with_pool(|p| p.slot(origin.id).h2 = Some((send.clone(), Instant::now())));
         Ok(Conn::H2(send))
     } else {
         let (send, conn) = http1::handshake(io).await?;
@@ -281,7 +298,6 @@ pub async fn send(
                 *req.version_mut() = Version::HTTP_2;
                 // Connection-specific; the target's authority says it (RFC 9113 §8.3.1).
                 req.headers_mut().remove(header::HOST);
-                send.ready().await?;
                 send.try_send_request(req).await.map(|r| (r, Lease(None)))
             }
             Conn::H1(mut send) => {
@@ -313,7 +329,8 @@ pub enum RelayError {
 /// Upstream's response body on its way to the agent: frames pass through unchanged and
 /// unbuffered (SSE events arrive as upstream sends them); a stream that is silent for `idle`
 /// (not even a heartbeat) ends with an error; `H` (the agent's stream slot, the upstream
-/// connection's lease) is held until the body is finished or dropped.
+/// connection's lease) is held as long as the relay: until hyper drops the body, at its end or
+/// when the agent goes away.
 pub struct Relay<H> {
     inner: Incoming,
     idle: Duration,
