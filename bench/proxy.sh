@@ -8,6 +8,8 @@
 # at concurrency 1, 16 and 64, with wrk. Prints requests/s, p50/p99 latency, the proxy's CPU
 # per request (from /proc utime+stime) and its RSS. Everything shares this machine's cores
 # with wrk, so compare rows, not absolutes.   usage: [ROUNDS=N] bash bench/proxy.sh [seconds per run]
+# PERF=1: a perf profile of Scopegate at c=16 instead; SYSCALLS=1: system calls and context
+# switches per request of each proxy at c=16 (perf's software counters: no hardware needed).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 REL=${CARGO_TARGET_DIR:-target}/release   # a profiling build may live elsewhere
@@ -105,6 +107,20 @@ if [ -n "${PERF:-}" ]; then # PERF=1: profile Scopegate at concurrency 16 instea
   perf_pid=$!
   HDR_NAME=Authorization HDR_VALUE="Bearer $TOKEN" wrk -t2 -c16 -d${DUR}s -s "$T/post.lua" "http://127.0.0.1:$GW/mcp/bench" | grep Requests/sec
   wait "$perf_pid"; exit 0 # (a bare wait would wait for the servers too)
+fi
+if [ -n "${SYSCALLS:-}" ]; then # SYSCALLS=1: system calls and context switches per request, each proxy at c=16
+  for side in "nginx http://127.0.0.1:$NG/mcp $NGINX_WORKER Bearer-unused" \
+              "scopegate http://127.0.0.1:$GW/mcp/bench $SG_PID Bearer-$TOKEN" \
+              "hyper http://127.0.0.1:$HR/mcp $HR_PID Bearer-unused"; do
+    set -- $side
+    perf stat -x, -e raw_syscalls:sys_enter,context-switches -p "$3" -o "$T/stat" -- sleep "$DUR" &
+    sp=$!
+    n=$(HDR_NAME=Authorization HDR_VALUE="${4/-/ }" wrk -t2 -c16 -d${DUR}s -s "$T/post.lua" "$2" | awk '/requests in/ {print $1}')
+    wait "$sp"
+    awk -F, -v n="$n" -v name="$1" '/raw_syscalls/ {s=$1} /context-switches/ {c=$1}
+      END {printf "%-10s %8d requests  %5.2f syscalls/req  %5.3f context switches/req\n", name, n, s/n, c/n}' "$T/stat"
+  done
+  exit 0
 fi
 # Interleaved per concurrency, so drift on a shared machine hits all four alike; ROUNDS=N
 # repeats the whole table and the summary takes each cell's median over the rounds.
