@@ -54,13 +54,6 @@ CONF
 start A "$A" 19722 "${A_LT:-0}"
 start B "$B" 19723 "${B_LT:-0}"
 
-cat > "$T/post.lua" <<'LUA'
-wrk.method = "POST"
-wrk.body = '{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo","arguments":{"text":"hi"}}}'
-wrk.headers["Content-Type"] = "application/json"
-wrk.headers["Accept"] = "application/json, text/event-stream"
-wrk.headers["Authorization"] = os.getenv("AUTH")
-LUA
 ticks() { awk '{print $14+$15}' "/proc/$1/stat"; }
 # "name ticks" per thread name (the name may hold spaces; the fields after ")" do not).
 by_thread() {
@@ -72,7 +65,7 @@ hz=$(getconf CLK_TCK)
 one() { # side port -> "requests ticks"
   local pid=${PID[$1]} token=${TOKEN[$1]}
   local b; b=$(ticks "$pid")
-  local out; out=$(AUTH="Bearer $token" wrk -t$(( CONC < 2 ? 1 : 2 )) -c"$CONC" -d"${SECS}s" -s "$T/post.lua" "http://127.0.0.1:$2/mcp/bench")
+  local out; out=$(AUTH="Bearer $token" wrk -t$(( CONC < 2 ? 1 : 2 )) -c"$CONC" -d"${SECS}s" -s bench/post.lua "http://127.0.0.1:$2/mcp/bench")
   if echo "$out" | grep -qE "Non-2xx|Socket errors"; then echo "$1: failed requests; aborting" >&2; echo "$out" >&2; exit 1; fi
   echo "$(echo "$out" | awk '/requests in/ {print $1}') $(( $(ticks "$pid") - b ))"
 }

@@ -67,13 +67,6 @@ sleep 0.5
 NGINX_WORKER=$(pgrep -P "$(cat "$T/nginx.pid")" | head -1)
 SG_PID=$(pgrep -f "$SG serve" | head -1)
 
-cat > "$T/post.lua" <<'LUA'
-wrk.method = "POST"
-wrk.body = '{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo","arguments":{"text":"hi"}}}'
-wrk.headers["Content-Type"] = "application/json"
-wrk.headers["Accept"] = "application/json, text/event-stream"
-wrk.headers[os.getenv("HDR_NAME")] = os.getenv("HDR_VALUE")
-LUA
 
 ticks() { awk '{print $14+$15}' "/proc/$1/stat"; }
 rss() { awk '/VmRSS/ {print $2/1024}' "/proc/$1/status"; }
@@ -85,7 +78,7 @@ run() { # name conc url pid header value; prints a row and keeps "name conc rps 
   local name=$1 c=$2 url=$3 pid=$4
   local t=$(( c < 2 ? 1 : 2 ))
   local before=0; [ "$pid" != "-" ] && before=$(ticks "$pid")
-  out=$(HDR_NAME=$5 HDR_VALUE=$6 wrk -t$t -c$c -d${DUR}s --latency -s "$T/post.lua" "$url")
+  out=$(HDR_NAME=$5 HDR_VALUE=$6 wrk -t$t -c$c -d${DUR}s --latency -s bench/post.lua "$url")
   local after=0; [ "$pid" != "-" ] && after=$(ticks "$pid")
   local rps reqs p50 p99 non2xx
   rps=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
@@ -103,9 +96,9 @@ run() { # name conc url pid header value; prints a row and keeps "name conc rps 
   echo "$name $c $rps $p50 $cpu" >> "$T/rows"
 }
 if [ -n "${PERF:-}" ]; then # PERF=1: profile Scopegate at concurrency 16 instead of the table
-  perf record -F 999 -g -p "$SG_PID" -o "${PERF_OUT:-perf.data}" -- sleep "$DUR" >/dev/null 2>&1 &
+  perf record -F 999 ${PERF_ARGS:--g} -p "$SG_PID" -o "${PERF_OUT:-perf.data}" -- sleep "$DUR" >/dev/null 2>&1 &
   perf_pid=$!
-  HDR_NAME=Authorization HDR_VALUE="Bearer $TOKEN" wrk -t2 -c16 -d${DUR}s -s "$T/post.lua" "http://127.0.0.1:$GW/mcp/bench" | grep Requests/sec
+  HDR_NAME=Authorization HDR_VALUE="Bearer $TOKEN" wrk -t2 -c16 -d${DUR}s -s bench/post.lua "http://127.0.0.1:$GW/mcp/bench" | grep Requests/sec
   wait "$perf_pid"; exit 0 # (a bare wait would wait for the servers too)
 fi
 if [ -n "${SYSCALLS:-}" ]; then # SYSCALLS=1: system calls and context switches per request, each proxy at c=16
@@ -115,7 +108,7 @@ if [ -n "${SYSCALLS:-}" ]; then # SYSCALLS=1: system calls and context switches 
     set -- $side
     perf stat -x, -e raw_syscalls:sys_enter,context-switches -p "$3" -o "$T/stat" -- sleep "$DUR" &
     sp=$!
-    n=$(HDR_NAME=Authorization HDR_VALUE="${4/-/ }" wrk -t2 -c16 -d${DUR}s -s "$T/post.lua" "$2" | awk '/requests in/ {print $1}')
+    n=$(HDR_NAME=Authorization HDR_VALUE="${4/-/ }" wrk -t2 -c16 -d${DUR}s -s bench/post.lua "$2" | awk '/requests in/ {print $1}')
     wait "$sp"
     awk -F, -v n="$n" -v name="$1" '/raw_syscalls/ {s=$1} /context-switches/ {c=$1}
       END {printf "%-10s %8d requests  %5.2f syscalls/req  %5.3f context switches/req\n", name, n, s/n, c/n}' "$T/stat"

@@ -21,13 +21,6 @@ $REL/examples/bench_upstream $UP $KEY >/dev/null & pids+=($!)
 export SCOPEGATE_PASSPHRASE=bench-passphrase-not-secret
 SG=$REL/scopegate
 rss() { awk '/VmRSS/ {printf "%.1f", $2/1024}' "/proc/$1/status"; }
-cat > "$T/post.lua" <<'LUA'
-wrk.method = "POST"
-wrk.body = '{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo","arguments":{"text":"hi"}}}'
-wrk.headers["Content-Type"] = "application/json"
-wrk.headers["Accept"] = "application/json, text/event-stream"
-wrk.headers["Authorization"] = os.getenv("AUTH")
-LUA
 printf "%-9s %9s %9s %10s %10s %12s %9s %9s\n" N seed_s start_s idle_MiB load_MiB metrics_MiB store_MB vault_MB
 for N in "${NS[@]}"; do
   export SCOPEGATE_DATA_DIR=$T/data-$N
@@ -41,7 +34,7 @@ for N in "${NS[@]}"; do
   s2=$(date +%s.%N)
   sleep 1; idle=$(rss $sg)
   TOKEN=$($SG agent add wrk --user u0 2>/dev/null)
-  AUTH="Bearer $TOKEN" wrk -t2 -c16 -d5s -s "$T/post.lua" "http://127.0.0.1:$GW/mcp/bench" > "$T/wrk-$N" 
+  AUTH="Bearer $TOKEN" wrk -t2 -c16 -d5s -s bench/post.lua "http://127.0.0.1:$GW/mcp/bench" > "$T/wrk-$N" 
   grep -q "Non-2xx" "$T/wrk-$N" && { echo "non-2xx answers at N=$N" >&2; cat "$T/wrk-$N" >&2; exit 1; }
   load=$(rss $sg)
   curl -fsS "http://127.0.0.1:$GW/metrics" | grep -q 'scopegate_connections{status="active"} '"$N"

@@ -242,6 +242,18 @@ impl Env {
     }
 }
 
+/// User alice, her API key `KEY_A` for `service`, and the token of her new agent `a`.
+fn alice_with_key(inst: &Instance, service: &str) -> String {
+    inst.ok(&["user", "add", "alice"], b"");
+    inst.ok(
+        &["apikey", "set", service, "--user", "alice"],
+        KEY_A.as_bytes(),
+    );
+    inst.ok(&["agent", "add", "a", "--user", "alice"], b"")
+        .trim()
+        .to_owned()
+}
+
 fn call(id: u64, tool: &str) -> Value {
     json!({"jsonrpc":"2.0","id":id,"method":"tools/call","params":{"name":tool,"arguments":{"password":"hunter2-argument-secret"}}})
 }
@@ -792,15 +804,7 @@ async fn an_https_upstream_gets_http2_by_alpn_or_http11_over_one_kept_connection
         let server = inst.start_with(|c| {
             c.env("SSL_CERT_FILE", &ca);
         });
-        inst.ok(&["user", "add", "alice"], b"");
-        inst.ok(
-            &["apikey", "set", "tls", "--user", "alice"],
-            KEY_A.as_bytes(),
-        );
-        let token = inst
-            .ok(&["agent", "add", "a", "--user", "alice"], b"")
-            .trim()
-            .to_owned();
+        let token = alice_with_key(&inst, "tls");
         let http = reqwest::Client::new();
         for id in 0..5 {
             let r = http
@@ -892,15 +896,7 @@ async fn an_upstream_closing_connections_unannounced_loses_no_call() {
         "listen = \"127.0.0.1:{gw}\"\n[limits]\nlistener_threads = 1\n[services.closer]\nkind = \"api_key\"\nmcp_url = \"http://127.0.0.1:{port}/mcp\"\nheader = \"X-API-Key\"\n"
     ));
     let _server = inst.start();
-    inst.ok(&["user", "add", "alice"], b"");
-    inst.ok(
-        &["apikey", "set", "closer", "--user", "alice"],
-        KEY_A.as_bytes(),
-    );
-    let token = inst
-        .ok(&["agent", "add", "a", "--user", "alice"], b"")
-        .trim()
-        .to_owned();
+    let token = alice_with_key(&inst, "closer");
     let http = reqwest::Client::new();
     for id in 0..20 {
         let r = http
@@ -962,15 +958,7 @@ async fn an_https_upstream_with_an_untrusted_certificate_gets_nothing() {
         "listen = \"127.0.0.1:{gw}\"\n[services.tls]\nkind = \"api_key\"\nmcp_url = \"https://localhost:{port}/mcp\"\nheader = \"X-API-Key\"\n"
     ));
     let _server = inst.start();
-    inst.ok(&["user", "add", "alice"], b"");
-    inst.ok(
-        &["apikey", "set", "tls", "--user", "alice"],
-        KEY_A.as_bytes(),
-    );
-    let token = inst
-        .ok(&["agent", "add", "a", "--user", "alice"], b"")
-        .trim()
-        .to_owned();
+    let token = alice_with_key(&inst, "tls");
     let r = reqwest::Client::new()
         .post(format!("http://127.0.0.1:{gw}/mcp/tls"))
         .bearer_auth(&token)

@@ -30,14 +30,19 @@ use tokio::time::{Instant, Sleep};
 use tower::Service;
 
 /// A connection idle for longer than this (an HTTP/1.1 one since its last exchange ended, an
-/// HTTP/2 one since its last request went out) is dropped by the next `sweep` rather than
-/// reused: upstreams close theirs after a while too, often without a word.
+/// HTTP/2 one since its last request went out) is not reused, and is dropped by the next
+/// `sweep`: upstreams close theirs after a while too, often without a word.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// HTTP/2 PINGs on a connection silent this long, and how long an answer may take, so a dead
 /// peer (no FIN, no RST: a host gone or a middlebox that dropped the flow) is noticed and the
 /// connection closed instead of taking requests that hang to the 504 (RFC 9113 §6.7).
 const H2_PING_INTERVAL: Duration = Duration::from_secs(30);
 const H2_PING_TIMEOUT: Duration = Duration::from_secs(10);
+/// An upstream that announces how long it keeps an idle connection (`Keep-Alive: timeout=N`,
+/// as Node's HTTP server does with 5 s) closes it then, and a request sent at that moment
+/// meets the close: written, so never resent, and the agent gets a 502. A connection is
+/// reused only until this much before the announced time.
+const KEEP_ALIVE_MARGIN: Duration = Duration::from_secs(1);
 /// Connections kept per origin and thread, idle or finishing an answer; more are closed once
 /// their exchange ends.
 const MAX_POOLED: usize = 512;
@@ -124,7 +129,8 @@ pub enum SendError {
 /// One origin's connections on one thread.
 #[derive(Default)]
 struct Slot {
-    /// Idle HTTP/1.1 connections, each with the time it came back, the most recent last.
+    /// Idle HTTP/1.1 connections, each with the time it may be reused until, the most recent
+    /// last.
     h1: Vec<(http1::SendRequest<Full<Bytes>>, Instant)>,
     /// One HTTP/2 connection carries every request to the origin at once; with the time of
     /// its last checkout.
@@ -189,7 +195,11 @@ fn checkout(origin: &Origin) -> Option<Conn> {
         }
         // The most recent first: the least likely to have been closed by upstream meanwhile,
         // and the older ones, left unused when traffic falls, age out in the sweep.
-        let i = slot.h1.iter().rposition(|(c, _)| c.is_ready())?;
+        let now = Instant::now();
+        let i = slot
+            .h1
+            .iter()
+            .rposition(|(c, until)| c.is_ready() && now < *until)?;
         Some(Conn::H1(slot.h1.swap_remove(i).0))
     })
 }
@@ -199,12 +209,14 @@ fn checkout(origin: &Origin) -> Option<Conn> {
 /// which case hyper reads the rest of it out, or closes the connection, before it is ready
 /// again (`checkout` takes only a ready one). So the pool never holds, and `checkout` never
 /// scans, connections busy with a long stream.
-pub struct Lease(Option<(u64, http1::SendRequest<Full<Bytes>>)>);
+pub struct Lease(Option<(u64, http1::SendRequest<Full<Bytes>>, Duration)>);
 
 impl Drop for Lease {
     fn drop(&mut self) {
-        let Some((id, c)) = self.0.take() else { return };
-        if c.is_closed() {
+        let Some((id, c, keep)) = self.0.take() else {
+            return;
+        };
+        if c.is_closed() || keep.is_zero() {
             return;
         }
         // Never during a thread's teardown, nor inside another use of the pool.
@@ -214,15 +226,15 @@ impl Drop for Lease {
             {
                 let slot = pool.slot(id);
                 if slot.h1.len() < MAX_POOLED {
-                    slot.h1.push((c, Instant::now()));
+                    slot.h1.push((c, Instant::now() + keep));
                 }
             }
         });
     }
 }
 
-/// Drops this thread's pooled connections that are closed or idle for longer than
-/// `IDLE_TIMEOUT`; the listener calls it from its once-a-second tick, so a quiet origin does
+/// Drops this thread's pooled connections that are closed or idle for longer than allowed
+/// (`IDLE_TIMEOUT`, or upstream's announced keep-alive); the listener calls it from its once-a-second tick, so a quiet origin does
 /// not keep sockets open forever. An HTTP/1.1 connection dropped here closes at once (an idle
 /// one has no exchange); an HTTP/2 one once its streams in flight, if any, have ended. Pools of
 /// other threads (a test's, a one-off command's) are not swept: they end with their thread.
@@ -236,9 +248,7 @@ fn sweep_at(now: Instant) {
             && let Some(pool) = p.as_mut()
         {
             for (_, slot) in &mut pool.slots {
-                slot.h1.retain(|(c, since)| {
-                    !c.is_closed() && now.duration_since(*since) <= IDLE_TIMEOUT
-                });
+                slot.h1.retain(|(c, until)| !c.is_closed() && now < *until);
                 if slot.h2.as_ref().is_some_and(|(c, used)| {
                     c.is_closed() || now.duration_since(*used) > IDLE_TIMEOUT
                 }) {
@@ -305,7 +315,10 @@ pub async fn send(
                 *req.version_mut() = Version::HTTP_11;
                 req.headers_mut().insert(header::HOST, origin.host.clone());
                 let r = send.try_send_request(req).await;
-                r.map(|r| (r, Lease(Some((origin.id, send)))))
+                r.map(|r| {
+                    let keep = idle_allowed(&r);
+                    (r, Lease(Some((origin.id, send, keep))))
+                })
             }
         };
         match sent {
@@ -315,6 +328,29 @@ pub async fn send(
                 _ => return Err(e.into_error().into()),
             },
         }
+    }
+}
+
+/// How long an HTTP/1.1 connection may sit idle in the pool after this answer: `IDLE_TIMEOUT`,
+/// or less when upstream announced a shorter keep-alive (the `Keep-Alive` header, RFC 2068
+/// §19.7.1.1); zero when it is about to close anyway.
+fn idle_allowed(r: &Response<Incoming>) -> Duration {
+    let Some(v) = r.headers().get("keep-alive") else {
+        return IDLE_TIMEOUT;
+    };
+    let announced = v.to_str().ok().and_then(|v| {
+        v.split(',').find_map(|p| {
+            let (k, n) = p.split_once('=')?;
+            k.trim()
+                .eq_ignore_ascii_case("timeout")
+                .then(|| n.trim().parse::<u64>().ok())?
+        })
+    });
+    match announced {
+        Some(secs) => Duration::from_secs(secs)
+            .saturating_sub(KEEP_ALIVE_MARGIN)
+            .min(IDLE_TIMEOUT),
+        None => IDLE_TIMEOUT,
     }
 }
 
@@ -566,6 +602,51 @@ mod tests {
         let o = Origin::new("http://127.0.0.1:1/".parse().unwrap()).unwrap();
         let size = std::mem::size_of_val(&send(&o, post("{}")));
         assert!(size < 2048, "send's future is {size} bytes");
+    }
+
+    /// An upstream's announced keep-alive bounds how long its connection is reused: one
+    /// second short of it, so a request never meets the close; at one second or less, not
+    /// kept at all.
+    #[tokio::test]
+    async fn an_announced_keep_alive_timeout_is_honoured() {
+        let _ = tls_config().unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (ended_tx, ended) = mpsc::channel::<usize>();
+        std::thread::spawn(move || {
+            for (conn, timeout) in [(1, 3), (2, 1)] {
+                let (s, _) = listener.accept().unwrap();
+                let mut r = BufReader::new(s.try_clone().unwrap());
+                let mut w = s;
+                while read_request(&mut r).is_some() {
+                    let head = format!(
+                        "HTTP/1.1 200 OK\r\nKeep-Alive: max=100, Timeout={timeout}\r\ncontent-length: 2\r\n\r\n{{}}"
+                    );
+                    w.write_all(head.as_bytes()).unwrap();
+                }
+                ended_tx.send(conn).unwrap();
+            }
+        });
+        let origin = Origin::new(format!("http://127.0.0.1:{port}/").parse().unwrap()).unwrap();
+        let (r, lease) = send(&origin, post("{}")).await.unwrap();
+        text(r).await;
+        drop(lease);
+        assert_eq!(pooled(&origin), 1);
+        // Announced 3 s: kept for 2.
+        sweep_at(Instant::now() + Duration::from_millis(1500));
+        assert_eq!(pooled(&origin), 1, "dropped before its time");
+        sweep_at(Instant::now() + Duration::from_millis(2500));
+        assert_eq!(pooled(&origin), 0, "kept past upstream's announced close");
+        // Its driver, on this thread, notices the handle is gone and closes the socket.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(ended.recv_timeout(Duration::from_secs(5)).unwrap(), 1);
+        // Announced 1 s: closed as soon as the exchange is over.
+        let (r, lease) = send(&origin, post("{}")).await.unwrap();
+        text(r).await;
+        drop(lease);
+        assert_eq!(pooled(&origin), 0);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(ended.recv_timeout(Duration::from_secs(5)).unwrap(), 2);
     }
 
     /// The sweep closes a connection idle past `IDLE_TIMEOUT`, and only then.
