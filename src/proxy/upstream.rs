@@ -272,6 +272,9 @@ async fn connect(origin: &Origin) -> Result<Conn, SendError> {
             .timer(TokioTimer::new())
             .keep_alive_interval(H2_PING_INTERVAL)
             .keep_alive_timeout(H2_PING_TIMEOUT)
+            // Idle too: a pooled connection whose peer is gone is then dropped before a call
+            // is sent on it to hang until the 504.
+            .keep_alive_while_idle(true)
             .handshake(io)
             .await?;
         tokio::spawn(conn);
