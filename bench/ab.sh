@@ -7,7 +7,8 @@
 # committer, the lifecycle runtime).
 #   usage: A=path/to/scopegate B=path/to/scopegate [A_LT=n] [B_LT=n] [CONC=16] [SECS=2] \
 #          [ROUNDS=10] bash bench/ab.sh
-# (A and B default to target/release/scopegate; A_LT / B_LT set listener_threads.)
+# (A and B default to target/release/scopegate; A_LT / B_LT set listener_threads; A_ENV / B_ENV
+# are VAR=value words for that side's server, e.g. B_ENV=MIMALLOC_PURGE_DELAY=-1.)
 set -euo pipefail
 export LC_ALL=C
 cd "$(dirname "$0")/.."
@@ -28,8 +29,9 @@ trap cleanup EXIT
 $REL/examples/bench_upstream $UP $KEY >/dev/null & pids+=($!)
 export SCOPEGATE_PASSPHRASE=bench-passphrase-not-secret
 
-start() { # side binary port threads -> sets PID[side] and TOKEN[side]
+start() { # side binary port threads "env" -> sets PID[side] and TOKEN[side]
   local side=$1 bin=$2 port=$3 lt=$4 dir=$T/$1
+  local -a extra; read -ra extra <<< "$5"
   export SCOPEGATE_DATA_DIR=$dir
   $bin init --kdf-memory-kib 19456 --kdf-iterations 2 --kdf-parallelism 1 >/dev/null
   cat > "$dir/scopegate.toml" <<CONF
@@ -43,7 +45,7 @@ kind = "api_key"
 mcp_url = "http://127.0.0.1:$UP/mcp"
 header = "X-API-Key"
 CONF
-  RUST_LOG=warn $bin serve > "$dir.out" 2>&1 & pids+=($!)
+  env "${extra[@]}" RUST_LOG=warn $bin serve > "$dir.out" 2>&1 & pids+=($!)
   PID[$side]=$!
   for _ in $(seq 1200); do grep -q "scopegate: ready" "$dir.out" 2>/dev/null && break; sleep 0.1; done
   grep -q "scopegate: ready" "$dir.out" || { echo "$side never became ready:" >&2; cat "$dir.out" >&2; exit 1; }
@@ -51,8 +53,8 @@ CONF
   echo -n $KEY | $bin apikey set bench --user bench >/dev/null
   TOKEN[$side]=$($bin agent add wrk --user bench 2>/dev/null)
 }
-start A "$A" 19722 "${A_LT:-0}"
-start B "$B" 19723 "${B_LT:-0}"
+start A "$A" 19722 "${A_LT:-0}" "${A_ENV:-}"
+start B "$B" 19723 "${B_LT:-0}" "${B_ENV:-}"
 
 ticks() { awk '{print $14+$15}' "/proc/$1/stat"; }
 # "name ticks" per thread name (the name may hold spaces; the fields after ")" do not).

@@ -95,10 +95,10 @@ run() { # name conc url pid header value; prints a row and keeps "name conc rps 
   printf "%-10s %4s %10s %9s %9s %12s %8s\n" "$name" "$c" "$rps" "$p50" "$p99" "$cpu" "$mem"
   echo "$name $c $rps $p50 $cpu" >> "$T/rows"
 }
-if [ -n "${PERF:-}" ]; then # PERF=1: profile Scopegate at concurrency 16 instead of the table
+if [ -n "${PERF:-}" ]; then # PERF=1: profile Scopegate at concurrency PERF_CONC (16) instead of the table
   perf record -F 999 ${PERF_ARGS:--g} -p "$SG_PID" -o "${PERF_OUT:-perf.data}" -- sleep "$DUR" >/dev/null 2>&1 &
   perf_pid=$!
-  HDR_NAME=Authorization HDR_VALUE="Bearer $TOKEN" wrk -t2 -c16 -d${DUR}s -s bench/post.lua "http://127.0.0.1:$GW/mcp/bench" | grep Requests/sec
+  HDR_NAME=Authorization HDR_VALUE="Bearer $TOKEN" wrk -t$(( ${PERF_CONC:-16} < 2 ? 1 : 2 )) -c${PERF_CONC:-16} -d${DUR}s -s bench/post.lua "http://127.0.0.1:$GW/mcp/bench" | grep Requests/sec
   wait "$perf_pid"; exit 0 # (a bare wait would wait for the servers too)
 fi
 if [ -n "${SYSCALLS:-}" ]; then # SYSCALLS=1: system calls and context switches per request, each proxy at c=16
