@@ -424,22 +424,22 @@ impl Proxy {
 static UNREACHABLE_LOG: Throttle = Throttle::new();
 
 /// One log line a second at most: `admit` says whether this one may go out, and how many were
-/// held back since the last that did.
-struct Throttle {
+/// held back since the last that did. For warnings that every failing call would repeat.
+pub(crate) struct Throttle {
     /// The second (Unix time) of the last line let out, and the lines held back since.
     last: AtomicU64,
     held: AtomicU64,
 }
 
 impl Throttle {
-    const fn new() -> Self {
+    pub(crate) const fn new() -> Self {
         Self {
             last: AtomicU64::new(0),
             held: AtomicU64::new(0),
         }
     }
 
-    fn admit(&self) -> Option<u64> {
+    pub(crate) fn admit(&self) -> Option<u64> {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());

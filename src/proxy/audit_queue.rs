@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use tokio::sync::mpsc;
 
+use super::Throttle;
 use crate::gateway::Gateway;
 use crate::gateway::agents::Principal;
 use crate::lifecycle::committer::gather;
@@ -115,9 +116,8 @@ pub struct AuditQueue {
     /// Entries accepted, and entries whose commit has been attempted (for `flush`).
     queued: Arc<AtomicU64>,
     settled: Arc<AtomicU64>,
-    /// When the last "queue full" warning was logged (seconds since `started`, plus one).
-    warned: Arc<AtomicU64>,
-    started: std::time::Instant,
+    /// The "queue full" warning, at most once a second.
+    full_log: Arc<Throttle>,
 }
 
 impl AuditQueue {
@@ -162,8 +162,7 @@ impl AuditQueue {
             healthy,
             queued,
             settled,
-            warned: Arc::new(AtomicU64::new(0)),
-            started: std::time::Instant::now(),
+            full_log: Arc::new(Throttle::new()),
         }
     }
 
@@ -198,10 +197,10 @@ impl AuditQueue {
             Err(mpsc::error::TrySendError::Full(_)) => {
                 // The committer is behind by a whole queue (a stalled disk): say so, at most
                 // once a second, since every call meanwhile is refused.
-                let now = self.started.elapsed().as_secs() + 1;
-                if self.warned.swap(now, Ordering::Relaxed) != now {
+                if let Some(suppressed) = self.full_log.admit() {
                     tracing::warn!(
                         queued = QUEUE,
+                        suppressed,
                         "the audit queue is full (the store is not keeping up); refusing calls"
                     );
                 }

@@ -234,10 +234,11 @@ impl Drop for Lease {
 }
 
 /// Drops this thread's pooled connections that are closed or idle for longer than allowed
-/// (`IDLE_TIMEOUT`, or upstream's announced keep-alive); the listener calls it from its once-a-second tick, so a quiet origin does
-/// not keep sockets open forever. An HTTP/1.1 connection dropped here closes at once (an idle
-/// one has no exchange); an HTTP/2 one once its streams in flight, if any, have ended. Pools of
-/// other threads (a test's, a one-off command's) are not swept: they end with their thread.
+/// (`IDLE_TIMEOUT`, or upstream's announced keep-alive); the listener calls it from its
+/// once-a-second tick, so a quiet origin does not keep sockets open forever. An HTTP/1.1
+/// connection dropped here closes at once (an idle one has no exchange); an HTTP/2 one once its
+/// streams in flight, if any, have ended. Pools of other threads (a test's, a one-off
+/// command's) are not swept: they end with their thread.
 pub fn sweep() {
     sweep_at(Instant::now());
 }
