@@ -9,7 +9,7 @@
 # per request (from /proc utime+stime) and its RSS. Everything shares this machine's cores
 # with wrk, so compare rows, not absolutes.   usage: [ROUNDS=N] bash bench/proxy.sh [seconds per run]
 # PERF=1: a perf profile of Scopegate at c=PERF_CONC (16) instead; SYSCALLS=1: system calls and context
-# switches per request of each proxy at c=16 (perf's software counters: no hardware needed).
+# switches per request of each proxy at c=SYS_CONC (16) (perf's software counters: no hardware needed).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 REL=${CARGO_TARGET_DIR:-target}/release   # a profiling build may live elsewhere
@@ -68,18 +68,18 @@ NGINX_WORKER=$(pgrep -P "$(cat "$T/nginx.pid")" | head -1)
 SG_PID=$(pgrep -f "$SG serve" | head -1)
 
 
-ticks() { awk '{print $14+$15}' "/proc/$1/stat"; }
+ticks() { awk '{print $14+$15, $15}' "/proc/$1/stat"; } # all, kernel
 rss() { awk '/VmRSS/ {print $2/1024}' "/proc/$1/status"; }
 hz=$(getconf CLK_TCK)
 to_us() { awk -v v="$1" 'BEGIN { if (v ~ /us$/) {sub(/us/,"",v); print v} else if (v ~ /ms$/) {sub(/ms/,"",v); print v*1000} else if (v ~ /s$/) {sub(/s/,"",v); print v*1000000} else print v }'; }
 
-printf "%-10s %4s %10s %9s %9s %12s %8s\n" target conc req/s p50_us p99_us cpu_us/req rss_MiB
+printf "%-10s %4s %10s %9s %9s %12s %8s %8s\n" target conc req/s p50_us p99_us cpu_us/req "(kernel)" rss_MiB
 run() { # name conc url pid header value; prints a row and keeps "name conc rps p50 cpu" in $T/rows
   local name=$1 c=$2 url=$3 pid=$4
   local t=$(( c < 2 ? 1 : 2 ))
-  local before=0; [ "$pid" != "-" ] && before=$(ticks "$pid")
+  local before="0 0"; [ "$pid" != "-" ] && before=$(ticks "$pid")
   out=$(HDR_NAME=$5 HDR_VALUE=$6 wrk -t$t -c$c -d${DUR}s --latency -s bench/post.lua "$url")
-  local after=0; [ "$pid" != "-" ] && after=$(ticks "$pid")
+  local after="0 0"; [ "$pid" != "-" ] && after=$(ticks "$pid")
   local rps reqs p50 p99 non2xx
   rps=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
   reqs=$(echo "$out" | awk '/requests in/ {print $1}')
@@ -87,28 +87,35 @@ run() { # name conc url pid header value; prints a row and keeps "name conc rps 
   p99=$(to_us "$(echo "$out" | awk '$1=="99%" {print $2}')")
   non2xx=$(echo "$out" | awk '/Non-2xx/ {print $5}')
   [ -n "$non2xx" ] && { echo "$name: $non2xx non-2xx responses; aborting" >&2; [ "$name" = scopegate ] && tail -5 "$T/sg.out" >&2; exit 1; }
-  local cpu="-" mem="-"
+  local cpu="-" sys="-" mem="-"
   if [ "$pid" != "-" ]; then
-    cpu=$(awk -v a="$after" -v b="$before" -v hz="$hz" -v n="$reqs" 'BEGIN { printf "%.1f", (a-b)*1000000/hz/n }')
+    cpu=$(awk -v a="${after% *}" -v b="${before% *}" -v hz="$hz" -v n="$reqs" 'BEGIN { printf "%.1f", (a-b)*1000000/hz/n }')
+    sys=$(awk -v a="${after#* }" -v b="${before#* }" -v hz="$hz" -v n="$reqs" 'BEGIN { printf "%.1f", (a-b)*1000000/hz/n }')
     mem=$(rss "$pid")
   fi
-  printf "%-10s %4s %10s %9s %9s %12s %8s\n" "$name" "$c" "$rps" "$p50" "$p99" "$cpu" "$mem"
+  printf "%-10s %4s %10s %9s %9s %12s %8s %8s\n" "$name" "$c" "$rps" "$p50" "$p99" "$cpu" "$sys" "$mem"
   echo "$name $c $rps $p50 $cpu" >> "$T/rows"
 }
 if [ -n "${PERF:-}" ]; then # PERF=1: profile Scopegate at concurrency PERF_CONC (16) instead of the table
-  perf record -F 999 ${PERF_ARGS:--g} -p "$SG_PID" -o "${PERF_OUT:-perf.data}" -- sleep "$DUR" >/dev/null 2>&1 &
+  case ${PERF_SIDE:-scopegate} in # PERF_SIDE=nginx or hyper profiles that proxy instead
+    nginx) pp=$NGINX_WORKER url=http://127.0.0.1:$NG/mcp ;;
+    hyper) pp=$HR_PID url=http://127.0.0.1:$HR/mcp ;;
+    *) pp=$SG_PID url=http://127.0.0.1:$GW/mcp/bench ;;
+  esac
+  perf record -F 999 ${PERF_ARGS:--g} -p "$pp" -o "${PERF_OUT:-perf.data}" -- sleep "$DUR" >/dev/null 2>&1 &
   perf_pid=$!
-  HDR_NAME=Authorization HDR_VALUE="Bearer $TOKEN" wrk -t$(( ${PERF_CONC:-16} < 2 ? 1 : 2 )) -c${PERF_CONC:-16} -d${DUR}s -s bench/post.lua "http://127.0.0.1:$GW/mcp/bench" | grep Requests/sec
+  HDR_NAME=Authorization HDR_VALUE="Bearer $TOKEN" wrk -t$(( ${PERF_CONC:-16} < 2 ? 1 : 2 )) -c${PERF_CONC:-16} -d${DUR}s -s bench/post.lua "$url" | grep Requests/sec
   wait "$perf_pid"; exit 0 # (a bare wait would wait for the servers too)
 fi
-if [ -n "${SYSCALLS:-}" ]; then # SYSCALLS=1: system calls and context switches per request, each proxy at c=16
+if [ -n "${SYSCALLS:-}" ]; then # SYSCALLS=1: system calls and context switches per request, each proxy at c=SYS_CONC (16)
+  sc=${SYS_CONC:-16}
   for side in "nginx http://127.0.0.1:$NG/mcp $NGINX_WORKER Bearer-unused" \
               "scopegate http://127.0.0.1:$GW/mcp/bench $SG_PID Bearer-$TOKEN" \
               "hyper http://127.0.0.1:$HR/mcp $HR_PID Bearer-unused"; do
     set -- $side
     perf stat -x, -e raw_syscalls:sys_enter,context-switches -p "$3" -o "$T/stat" -- sleep "$DUR" &
     sp=$!
-    n=$(HDR_NAME=Authorization HDR_VALUE="${4/-/ }" wrk -t2 -c16 -d${DUR}s -s bench/post.lua "$2" | awk '/requests in/ {print $1}')
+    n=$(HDR_NAME=Authorization HDR_VALUE="${4/-/ }" wrk -t$(( sc < 2 ? 1 : 2 )) -c$sc -d${DUR}s -s bench/post.lua "$2" | awk '/requests in/ {print $1}')
     wait "$sp"
     awk -F, -v n="$n" -v name="$1" '/raw_syscalls/ {s=$1} /context-switches/ {c=$1}
       END {printf "%-10s %8d requests  %5.2f syscalls/req  %5.3f context switches/req\n", name, n, s/n, c/n}' "$T/stat"
@@ -119,7 +126,7 @@ fi
 # repeats the whole table and the summary takes each cell's median over the rounds.
 for round in $(seq "${ROUNDS:-1}"); do
   [ "${ROUNDS:-1}" -gt 1 ] && echo "round $round"
-  for c in 1 16 64; do
+  for c in ${CONCS:-1 16 64}; do
     run direct    $c "http://127.0.0.1:$UP/mcp"       -               X-API-Key     "$KEY"
     run nginx     $c "http://127.0.0.1:$NG/mcp"       "$NGINX_WORKER" Authorization "Bearer unused"
     run scopegate $c "http://127.0.0.1:$GW/mcp/bench" "$SG_PID"       Authorization "Bearer $TOKEN"
@@ -135,7 +142,7 @@ awk 'function med(k, field,   i, j, n, t, v) { n = cnt[k]; for (i = 1; i <= n; i
   { k = $1 SUBSEP $2; n = ++cnt[k]; val[k, 3, n] = $3; val[k, 4, n] = $4; val[k, 5, n] = $5 }
   END {
     for (k in cnt) { rps[k] = med(k, 3); p50[k] = med(k, 4); cpu[k] = med(k, 5) }
-    for (i = 1; i <= 3; i++) { c = (i == 1 ? 1 : (i == 2 ? 16 : 64))
+    for (i = 1; i <= 3; i++) { c = (i == 1 ? 1 : (i == 2 ? 16 : 64)); if (!rps["nginx",c]) continue
       printf "c=%-3s throughput %.2fx   cpu/req %.2fx   (bare hyper relay: %.2fx, %.2fx)\n", c, rps["scopegate",c]/rps["nginx",c], cpu["scopegate",c]/cpu["nginx",c], rps["hyper",c]/rps["nginx",c], cpu["hyper",c]/cpu["nginx",c] }
     printf "added p50 at c=1: nginx %d us, scopegate %d us, bare hyper relay %d us\n", p50["nginx",1]-p50["direct",1], p50["scopegate",1]-p50["direct",1], p50["hyper",1]-p50["direct",1]
   }' "$T/rows"
