@@ -4,6 +4,7 @@
 pub mod admin;
 pub mod agent_token;
 pub mod cli;
+pub mod coarse_timer;
 pub mod config;
 pub mod console;
 pub mod datadir;

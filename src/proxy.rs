@@ -401,8 +401,8 @@ impl Proxy {
         }
         // Only the start of the answer is timed: a live SSE stream is never cut.
         let sent = upstream::send(&target.origin, req);
-        match tokio::time::timeout(self.response_start_timeout, sent).await {
-            Err(_) => Err(StatusCode::GATEWAY_TIMEOUT),
+        match crate::coarse_timer::timeout(self.response_start_timeout, sent).await {
+            Err(()) => Err(StatusCode::GATEWAY_TIMEOUT),
             Ok(Err(e)) => {
                 // What went wrong on the way (refused, TLS, protocol), for the operator; no
                 // credential is part of it. At most one line a second, however many calls fail.

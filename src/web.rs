@@ -2,9 +2,10 @@
 //! here; handlers call into `gateway`.
 //!
 //! Limits (DESIGN "Limits and hygiene"): a header-read timeout (hyper enforces it only when
-//! given a `Timer`), a header size limit (431), a request body limit (413, checked against
-//! Content-Length before the body is read and against streamed bodies as they arrive), a cap
-//! on concurrent connections, and a graceful drain on shutdown with a deadline.
+//! given a `Timer`: here `coarse_timer`'s), a header size limit (431), a request body limit
+//! (413, checked against Content-Length before the body is read and against streamed bodies as
+//! they arrive), a cap on concurrent connections, and a graceful drain on shutdown with a
+//! deadline.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -237,15 +238,18 @@ pub async fn serve_threads(
                 .name(format!("scopegate-http-{i}"))
                 .spawn(move || {
                     rt.block_on(async move {
-                        // A timer always due within a second: hyper arms a header-read timer
-                        // (10 s) per request, and on an idle loop an earlier-than-any deadline
-                        // makes tokio's timer wake its own event loop (an eventfd write and an
-                        // extra epoll round per call, seen with perf). With this tick pending,
-                        // those timers are never the earliest.
+                        // This thread's header-read and response-start timeouts.
+                        crate::coarse_timer::install();
+                        // A timer always due within a second: on an idle loop, an
+                        // earlier-than-any deadline makes tokio's timer wake its own event
+                        // loop (an eventfd write and an extra epoll round per call, seen with
+                        // perf). With this tick pending, the few tokio timers a call may arm
+                        // (a stream's idle timeout) are never the earliest.
                         tokio::spawn(async {
                             let mut tick = tokio::time::interval(Duration::from_secs(1));
                             loop {
                                 tick.tick().await;
+                                crate::coarse_timer::expire(std::time::Instant::now());
                                 // This thread's long-idle upstream connections are closed.
                                 crate::proxy::upstream::sweep();
                             }
@@ -282,7 +286,8 @@ async fn serve(
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
-        .timer(TokioTimer::new())
+        // Second-grained, on this thread's deadline list: no tokio timer per request.
+        .timer(crate::coarse_timer::CoarseTimer)
         .header_read_timeout(Duration::from_secs(limits.header_read_timeout_secs))
         .max_buf_size(limits.max_header_bytes);
     builder
