@@ -61,7 +61,7 @@ impl Committer {
         let counter = commits.clone();
         tokio::spawn(async move {
             while let Some(first) = rx.recv().await {
-                let batch = gather(&mut rx, first, BATCH, GATHER).await;
+                let batch = gather(&mut rx, first, BATCH, BATCH, GATHER).await;
                 let mut jobs = Vec::new();
                 let mut retired = Vec::new();
                 for m in batch {
@@ -116,15 +116,16 @@ impl Committer {
 /// `first` and whatever else arrives within `window`, up to `max`: a burst shares one
 /// durable commit (the refresh committer and the proxy's audit queue). It sleeps through the
 /// window with the receiver unpolled and then drains, so senders wake nobody meanwhile (waiting
-/// on each item cost the proxy a cross-thread wake-up per call); with `max` already queued it
-/// does not wait at all.
+/// on each item cost the proxy a cross-thread wake-up per call); with `enough` already queued
+/// (a backlog, after a slow commit) it does not wait at all.
 pub(crate) async fn gather<T>(
     rx: &mut mpsc::Receiver<T>,
     first: T,
+    enough: usize,
     max: usize,
     window: Duration,
 ) -> Vec<T> {
-    if rx.len() + 1 < max {
+    if rx.len() + 1 < enough {
         tokio::time::sleep(window).await;
     }
     let mut batch = Vec::with_capacity(max.min(64));
@@ -174,4 +175,49 @@ fn commit(g: &Gateway, jobs: Vec<Job>, retired: &[String]) -> Result<(), CommitE
             StoreError::CommitUncertain(m) => CommitError::Uncertain(m),
             e => CommitError::Failed(e.to_string()),
         })
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    /// A backlog (what queued during a slow commit) is taken whole at once, past `enough`
+    /// and without waiting out the window; a trickle waits for the window's company.
+    #[tokio::test]
+    async fn a_backlog_is_taken_whole_without_waiting_and_a_trickle_waits_the_window() {
+        let (tx, mut rx) = mpsc::channel::<u32>(10_000);
+        for i in 0..5000 {
+            tx.try_send(i).unwrap();
+        }
+        let first = rx.recv().await.unwrap();
+        let t0 = std::time::Instant::now();
+        let batch = gather(&mut rx, first, 1024, 10_000, Duration::from_secs(30)).await;
+        assert_eq!(batch.len(), 5000);
+        assert!(batch.iter().copied().eq(0..5000), "in order");
+        assert!(t0.elapsed() < Duration::from_secs(5));
+        // Capped at `max`, the rest left for the next commit.
+        for i in 0..50 {
+            tx.try_send(i).unwrap();
+        }
+        let first = rx.recv().await.unwrap();
+        assert_eq!(
+            gather(&mut rx, first, 10, 20, Duration::ZERO).await.len(),
+            20
+        );
+        assert_eq!(rx.len(), 30);
+        while rx.try_recv().is_ok() {}
+        // One waiting: the window is waited out for more to share the commit.
+        tx.try_send(1).unwrap();
+        let first = rx.recv().await.unwrap();
+        let t0 = std::time::Instant::now();
+        let late = tx.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            late.try_send(2).unwrap();
+        });
+        let batch = gather(&mut rx, first, 1024, 10_000, Duration::from_millis(200)).await;
+        assert_eq!(batch, vec![1, 2]);
+        assert!(t0.elapsed() >= Duration::from_millis(200));
+    }
 }

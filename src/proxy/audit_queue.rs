@@ -100,7 +100,12 @@ impl CallRecord {
 /// the entry's field cap, so at most about 4 KB. Past the bound, calls are refused until the
 /// store catches up (I7).
 const QUEUE: usize = 32768;
-const BATCH: usize = 1024;
+/// A window's worth at high load: with this many queued, the committer does not wait out the
+/// window. It takes everything queued, though: after a slow commit (a disk stall of a second
+/// was seen in a benchmark), taking 1 024 at a time drained 1 024 calls a commit while tens of
+/// thousands a second arrived, and the queue filled, refusing calls; one commit of the whole
+/// backlog costs about what a small one does.
+const ENOUGH: usize = 1024;
 /// A commit's fixed cost (dirty pages, checksums, one fdatasync) is shared by every call in the
 /// window: measured per call on the committer, 22–26 µs at 5 ms and 11 µs at 20 ms with one
 /// client, 11–12 µs and 8–9 µs with 16 (`bench/proxy.sh`). The price is a crash losing up to
@@ -129,7 +134,7 @@ impl AuditQueue {
         let done = settled.clone();
         tokio::spawn(async move {
             while let Some(first) = rx.recv().await {
-                let events = gather(&mut rx, first, BATCH, WINDOW).await;
+                let events = gather(&mut rx, first, ENOUGH, QUEUE, WINDOW).await;
                 let n = events.len() as u64;
                 let g = gateway.clone();
                 let began = std::time::Instant::now();
