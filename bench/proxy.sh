@@ -8,7 +8,8 @@
 # at concurrency 1, 16 and 64, with wrk. Prints requests/s, p50/p99 latency, the proxy's CPU
 # per request (from /proc utime+stime) and its RSS. Everything shares this machine's cores
 # with wrk, so compare rows, not absolutes.   usage: [ROUNDS=N] bash bench/proxy.sh [seconds per run]
-# PERF=1: a perf profile of Scopegate at c=PERF_CONC (16) instead; SYSCALLS=1: system calls and context
+# CONCS="1 16": only those concurrencies. PERF=1: a perf profile of Scopegate (PERF_SIDE=nginx or
+# hyper: of that proxy) at c=PERF_CONC (16) instead; SYSCALLS=1: system calls and context
 # switches per request of each proxy at c=SYS_CONC (16) (perf's software counters: no hardware needed).
 set -euo pipefail
 cd "$(dirname "$0")/.."
