@@ -145,6 +145,6 @@ awk 'function med(k, field,   i, j, n, t, v) { n = cnt[k]; for (i = 1; i <= n; i
     for (k in cnt) { rps[k] = med(k, 3); p50[k] = med(k, 4); cpu[k] = med(k, 5) }
     for (i = 1; i <= 3; i++) { c = (i == 1 ? 1 : (i == 2 ? 16 : 64)); if (!rps["nginx",c]) continue
       printf "c=%-3s throughput %.2fx   cpu/req %.2fx   (bare hyper relay: %.2fx, %.2fx)\n", c, rps["scopegate",c]/rps["nginx",c], cpu["scopegate",c]/cpu["nginx",c], rps["hyper",c]/rps["nginx",c], cpu["hyper",c]/cpu["nginx",c] }
-    printf "added p50 at c=1: nginx %d us, scopegate %d us, bare hyper relay %d us\n", p50["nginx",1]-p50["direct",1], p50["scopegate",1]-p50["direct",1], p50["hyper",1]-p50["direct",1]
+    if (p50["direct",1]) printf "added p50 at c=1: nginx %d us, scopegate %d us, bare hyper relay %d us\n", p50["nginx",1]-p50["direct",1], p50["scopegate",1]-p50["direct",1], p50["hyper",1]-p50["direct",1]
   }' "$T/rows"
 echo "audit entries written: $($SG audit verify | awk '{print $4}')"

@@ -18,13 +18,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
+/// A deadline's place on the list; free (and on the free list) when it has no waker.
 struct Slot {
     deadline: Instant,
     waker: Option<Waker>,
     /// Which deadline holds the slot: a freed slot taken again gets a new number, so a stale
     /// holder never frees or overwrites its successor.
     generation: u64,
-    used: bool,
 }
 
 struct List {
@@ -65,9 +65,10 @@ pub fn expire(now: Instant) {
         };
         let mut due = Vec::new();
         for (i, s) in list.slots.iter_mut().enumerate() {
-            if s.used && s.deadline <= now {
-                s.used = false;
-                due.extend(s.waker.take());
+            if s.deadline <= now
+                && let Some(w) = s.waker.take()
+            {
+                due.push(w);
                 list.free.push(i);
             }
         }
@@ -79,12 +80,13 @@ pub fn expire(now: Instant) {
     }
 }
 
-/// Deadlines listed on this thread (for tests and metrics).
-pub fn listed() -> usize {
+/// Deadlines listed on this thread.
+#[cfg(test)]
+fn listed() -> usize {
     LIST.with(|l| {
         l.borrow()
             .as_ref()
-            .map_or(0, |l| l.slots.iter().filter(|s| s.used).count())
+            .map_or(0, |l| l.slots.iter().filter(|s| s.waker.is_some()).count())
     })
 }
 
@@ -136,11 +138,9 @@ impl Deadline {
                     && let Some(l) = l.as_mut()
                     && l.id == list
                     && let Some(s) = l.slots.get_mut(index)
-                    && s.used
                     && s.generation == generation
+                    && s.waker.take().is_some()
                 {
-                    s.used = false;
-                    s.waker = None;
                     l.free.push(index);
                 }
             });
@@ -168,7 +168,7 @@ impl Deadline {
                         return false;
                     }
                     match l.slots.get_mut(index) {
-                        Some(s) if s.used && s.generation == generation => {
+                        Some(s) if s.waker.is_some() && s.generation == generation => {
                             if !s.waker.as_ref().is_some_and(|w| w.will_wake(waker)) {
                                 s.waker = Some(waker.clone());
                             }
@@ -194,7 +194,6 @@ impl Deadline {
             deadline: d.at,
             waker: Some(waker.clone()),
             generation: l.generations,
-            used: true,
         };
         let index = match l.free.pop() {
             Some(i) => {
