@@ -18,7 +18,9 @@ DUR=${1:-10}
 for tool in wrk nginx; do
   command -v "$tool" >/dev/null || { [ "$(id -u)" = 0 ] && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk nginx-light >/dev/null; }
 done
-cargo build --release --locked --bin scopegate --example bench_upstream --example bench_hyper_relay 2>&1 | tail -1
+# SCOPEGATE_BIN=path benches that build of Scopegate (e.g. scripts/pgo.sh's) instead of this one.
+sg_build=(--bin scopegate); [ -n "${SCOPEGATE_BIN:-}" ] && sg_build=()
+cargo build --release --locked "${sg_build[@]}" --example bench_upstream --example bench_hyper_relay 2>&1 | tail -1
 T=$(mktemp -d); chmod 700 "$T"
 KEY=bench-upstream-key-0d2c9e
 UP=19701; NG=19702; GW=19703; HR=19704
@@ -29,8 +31,11 @@ trap cleanup EXIT
 $REL/examples/bench_upstream $UP $KEY >/dev/null & pids+=($!)
 $REL/examples/bench_hyper_relay $HR "http://127.0.0.1:$UP/mcp" $KEY >/dev/null & HR_PID=$!; pids+=($HR_PID)
 
+# nginx's workers: 1 by default (one event loop); NGINX_WORKERS=auto gives one per core, as
+# Scopegate's listener threads are by default (listener_threads = 0).
+NGINX_WORKERS=${NGINX_WORKERS:-1}
 cat > "$T/nginx.conf" <<CONF
-worker_processes 1; daemon off; pid $T/nginx.pid; error_log $T/nginx.err;
+worker_processes $NGINX_WORKERS; daemon off; pid $T/nginx.pid; error_log $T/nginx.err;
 events { worker_connections 4096; }
 http {
   access_log off;
@@ -47,7 +52,7 @@ CONF
 nginx -c "$T/nginx.conf" -p "$T" & pids+=($!)
 
 export SCOPEGATE_DATA_DIR=$T/data SCOPEGATE_PASSPHRASE=bench-passphrase-not-secret
-SG=$REL/scopegate
+SG=$(realpath "${SCOPEGATE_BIN:-$REL/scopegate}")
 $SG init --kdf-memory-kib 19456 --kdf-iterations 2 --kdf-parallelism 1 >/dev/null
 cat > "$T/data/scopegate.toml" <<CONF
 listen = "127.0.0.1:$GW"
@@ -65,12 +70,13 @@ $SG user add bench >/dev/null
 echo -n $KEY | $SG apikey set bench --user bench >/dev/null
 TOKEN=$($SG agent add wrk --user bench 2>/dev/null)
 sleep 0.5
-NGINX_WORKER=$(pgrep -P "$(cat "$T/nginx.pid")" | head -1)
+# Every worker, as a comma list: CPU and RSS are summed over them.
+NGINX_WORKER=$(pgrep -d, -P "$(cat "$T/nginx.pid")")
 SG_PID=$(pgrep -f "$SG serve" | head -1)
 
 
-ticks() { awk '{print $14+$15, $15}' "/proc/$1/stat"; } # all, kernel
-rss() { awk '/VmRSS/ {print $2/1024}' "/proc/$1/status"; }
+ticks() { local IFS=,; for p in $1; do cat "/proc/$p/stat"; done | awk '{a += $14+$15; k += $15} END {print a, k}'; } # all, kernel
+rss() { local IFS=,; for p in $1; do cat "/proc/$p/status"; done | awk '/VmRSS/ {m += $2} END {print m/1024}'; }
 hz=$(getconf CLK_TCK)
 to_us() { awk -v v="$1" 'BEGIN { if (v ~ /us$/) {sub(/us/,"",v); print v} else if (v ~ /ms$/) {sub(/ms/,"",v); print v*1000} else if (v ~ /s$/) {sub(/s/,"",v); print v*1000000} else print v }'; }
 
