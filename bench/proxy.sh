@@ -80,6 +80,7 @@ rss() { local IFS=,; for p in $1; do cat "/proc/$p/status"; done | awk '/VmRSS/ 
 hz=$(getconf CLK_TCK)
 to_us() { awk -v v="$1" 'BEGIN { if (v ~ /us$/) {sub(/us/,"",v); print v} else if (v ~ /ms$/) {sub(/ms/,"",v); print v*1000} else if (v ~ /s$/) {sub(/s/,"",v); print v*1000000} else print v }'; }
 
+echo "scopegate: $SG; nginx: $NGINX_WORKERS worker(s)"
 printf "%-10s %4s %10s %9s %9s %12s %8s %8s\n" target conc req/s p50_us p99_us cpu_us/req "(kernel)" rss_MiB
 run() { # name conc url pid header value; prints a row and keeps "name conc rps p50 cpu" in $T/rows
   local name=$1 c=$2 url=$3 pid=$4
