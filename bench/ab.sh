@@ -19,39 +19,14 @@ for tool in wrk; do
   command -v "$tool" >/dev/null || { [ "$(id -u)" = 0 ] && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; }
 done
 [ -x "$REL/examples/bench_upstream" ] || cargo build --release --locked --example bench_upstream 2>&1 | tail -1
-T=$(mktemp -d); chmod 700 "$T"
-KEY=bench-upstream-key-0d2c9e
+source bench/common.sh
 UP=19721
-pids=()
 declare -A PID TOKEN
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$T"; }
-trap cleanup EXIT
 $REL/examples/bench_upstream $UP $KEY >/dev/null & pids+=($!)
-export SCOPEGATE_PASSPHRASE=bench-passphrase-not-secret
 
 start() { # side binary port threads "env" -> sets PID[side] and TOKEN[side]
-  local side=$1 bin=$2 port=$3 lt=$4 dir=$T/$1
-  local -a extra; read -ra extra <<< "$5"
-  export SCOPEGATE_DATA_DIR=$dir
-  $bin init --kdf-memory-kib 19456 --kdf-iterations 2 --kdf-parallelism 1 >/dev/null
-  cat > "$dir/scopegate.toml" <<CONF
-listen = "127.0.0.1:$port"
-[limits]
-max_connections = 4096
-max_streams_per_agent = 4096
-listener_threads = $lt
-[services.bench]
-kind = "api_key"
-mcp_url = "http://127.0.0.1:$UP/mcp"
-header = "X-API-Key"
-CONF
-  env "${extra[@]}" RUST_LOG=warn $bin serve > "$dir.out" 2>&1 & pids+=($!)
-  PID[$side]=$!
-  for _ in $(seq 1200); do grep -q "scopegate: ready" "$dir.out" 2>/dev/null && break; sleep 0.1; done
-  grep -q "scopegate: ready" "$dir.out" || { echo "$side never became ready:" >&2; cat "$dir.out" >&2; exit 1; }
-  $bin user add bench >/dev/null
-  echo -n $KEY | $bin apikey set bench --user bench >/dev/null
-  TOKEN[$side]=$($bin agent add wrk --user bench 2>/dev/null)
+  start_gateway "$2" "$T/$1" "$3" $UP "$4" "$5"
+  PID[$1]=$GW_PID TOKEN[$1]=$GW_TOKEN
 }
 start A "$A" 19722 "${A_LT:-0}" "${A_ENV:-}"
 start B "$B" 19723 "${B_LT:-0}" "${B_ENV:-}"

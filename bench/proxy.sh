@@ -21,12 +21,8 @@ done
 # SCOPEGATE_BIN=path benches that build of Scopegate (e.g. scripts/pgo.sh's) instead of this one.
 sg_build=(--bin scopegate); [ -n "${SCOPEGATE_BIN:-}" ] && sg_build=()
 cargo build --release --locked "${sg_build[@]}" --example bench_upstream --example bench_hyper_relay 2>&1 | tail -1
-T=$(mktemp -d); chmod 700 "$T"
-KEY=bench-upstream-key-0d2c9e
+source bench/common.sh
 UP=19701; NG=19702; GW=19703; HR=19704
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$T"; }
-trap cleanup EXIT
 
 $REL/examples/bench_upstream $UP $KEY >/dev/null & pids+=($!)
 $REL/examples/bench_hyper_relay $HR "http://127.0.0.1:$UP/mcp" $KEY >/dev/null & HR_PID=$!; pids+=($HR_PID)
@@ -51,28 +47,12 @@ http {
 CONF
 nginx -c "$T/nginx.conf" -p "$T" & pids+=($!)
 
-export SCOPEGATE_DATA_DIR=$T/data SCOPEGATE_PASSPHRASE=bench-passphrase-not-secret
 SG=$(realpath "${SCOPEGATE_BIN:-$REL/scopegate}")
-$SG init --kdf-memory-kib 19456 --kdf-iterations 2 --kdf-parallelism 1 >/dev/null
-cat > "$T/data/scopegate.toml" <<CONF
-listen = "127.0.0.1:$GW"
-[limits]
-max_connections = 4096
-max_streams_per_agent = 4096
-[services.bench]
-kind = "api_key"
-mcp_url = "http://127.0.0.1:$UP/mcp"
-header = "X-API-Key"
-CONF
-RUST_LOG=warn $SG serve > "$T/sg.out" 2>&1 & pids+=($!)
-for _ in $(seq 100); do grep -q "scopegate: ready" "$T/sg.out" 2>/dev/null && break; sleep 0.1; done
-$SG user add bench >/dev/null
-echo -n $KEY | $SG apikey set bench --user bench >/dev/null
-TOKEN=$($SG agent add wrk --user bench 2>/dev/null)
+start_gateway "$SG" "$T/data" $GW $UP
+TOKEN=$GW_TOKEN SG_PID=$GW_PID
 sleep 0.5
 # Every worker, as a comma list: CPU and RSS are summed over them.
 NGINX_WORKER=$(pgrep -d, -P "$(cat "$T/nginx.pid")")
-SG_PID=$(pgrep -f "$SG serve" | head -1)
 
 
 ticks() { local IFS=,; for p in $1; do cat "/proc/$p/stat"; done | awk '{a += $14+$15; k += $15} END {print a, k}'; } # all, kernel
@@ -94,7 +74,7 @@ run() { # name conc url pid header value; prints a row and keeps "name conc rps 
   p50=$(to_us "$(echo "$out" | awk '$1=="50%" {print $2}')")
   p99=$(to_us "$(echo "$out" | awk '$1=="99%" {print $2}')")
   non2xx=$(echo "$out" | awk '/Non-2xx/ {print $5}')
-  [ -n "$non2xx" ] && { echo "$name: $non2xx non-2xx responses; aborting" >&2; [ "$name" = scopegate ] && tail -5 "$T/sg.out" >&2; exit 1; }
+  [ -n "$non2xx" ] && { echo "$name: $non2xx non-2xx responses; aborting" >&2; [ "$name" = scopegate ] && tail -5 "$T/data.out" >&2; exit 1; }
   local cpu="-" sys="-" mem="-"
   if [ "$pid" != "-" ]; then
     cpu=$(awk -v a="${after% *}" -v b="${before% *}" -v hz="$hz" -v n="$reqs" 'BEGIN { printf "%.1f", (a-b)*1000000/hz/n }')

@@ -11,12 +11,8 @@ cd "$(dirname "$0")/.."
 REL=${CARGO_TARGET_DIR:-target}/release   # a profiling build may live elsewhere
 N=${1:-100000}
 cargo build --release --locked --bin scopegate --example bench_upstream --example seed_connections --example open_loop 2>&1 | tail -1
-T=$(mktemp -d); chmod 700 "$T"
-KEY=bench-upstream-key-0d2c9e
+source bench/common.sh
 UP=19721; GW=19723; TOK=19722
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$T"; }
-trap cleanup EXIT
 $REL/examples/bench_upstream $UP $KEY >/dev/null & pids+=($!)
 # The stub token endpoint stands for a provider on another machine: its own process, at the
 # lowest CPU priority, so its work on this 2-core box does not slow the MCP upstream or the load.

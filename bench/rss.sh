@@ -11,14 +11,9 @@ cd "$(dirname "$0")/.."
 REL=${CARGO_TARGET_DIR:-target}/release   # a profiling build may live elsewhere
 NS=("$@"); [ ${#NS[@]} -eq 0 ] && NS=(1000 1000000)
 cargo build --release --locked --bin scopegate --example bench_upstream --example seed_connections 2>&1 | tail -1
-T=$(mktemp -d); chmod 700 "$T"
-KEY=bench-upstream-key-0d2c9e
+source bench/common.sh
 UP=19711; GW=19713
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$T"; }
-trap cleanup EXIT
 $REL/examples/bench_upstream $UP $KEY >/dev/null & pids+=($!)
-export SCOPEGATE_PASSPHRASE=bench-passphrase-not-secret
 SG=$REL/scopegate
 rss() { awk '/VmRSS/ {printf "%.1f", $2/1024}' "/proc/$1/status"; }
 printf "%-9s %9s %9s %10s %10s %12s %9s %9s\n" N seed_s start_s idle_MiB load_MiB metrics_MiB store_MB vault_MB

@@ -31,33 +31,12 @@ cargo build --release --locked --example bench_upstream 2>&1 | tail -1
 rm -rf "$DATA"; mkdir -p "$DATA"
 
 echo "2/3 training run (${SECS}s at each of 1, 16 and 64 clients)"
-T=$(mktemp -d); chmod 700 "$T"
-KEY=pgo-upstream-key-5e1f0a
+source bench/common.sh
 UP=19741; GW=19742
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$T"; }
-trap cleanup EXIT
 $REL/examples/bench_upstream $UP $KEY >/dev/null & pids+=($!)
-export SCOPEGATE_DATA_DIR=$T/data SCOPEGATE_PASSPHRASE=pgo-passphrase-not-secret
 SG=target/pgo-gen/release/scopegate
-$SG init --kdf-memory-kib 19456 --kdf-iterations 2 --kdf-parallelism 1 >/dev/null
-cat > "$T/data/scopegate.toml" <<CONF
-listen = "127.0.0.1:$GW"
-[limits]
-max_connections = 4096
-max_streams_per_agent = 4096
-[services.bench]
-kind = "api_key"
-mcp_url = "http://127.0.0.1:$UP/mcp"
-header = "X-API-Key"
-CONF
-RUST_LOG=warn $SG serve > "$T/sg.out" 2>&1 &
-SG_PID=$!; pids+=($SG_PID)
-for _ in $(seq 100); do grep -q "scopegate: ready" "$T/sg.out" 2>/dev/null && break; sleep 0.1; done
-grep -q "scopegate: ready" "$T/sg.out" || { cat "$T/sg.out" >&2; exit 1; }
-$SG user add bench >/dev/null
-echo -n $KEY | $SG apikey set bench --user bench >/dev/null
-TOKEN=$($SG agent add wrk --user bench 2>/dev/null)
+start_gateway "$SG" "$T/data" $GW $UP
+TOKEN=$GW_TOKEN SG_PID=$GW_PID
 URL=http://127.0.0.1:$GW/mcp/bench
 for c in 1 16 64; do
   HDR_NAME=Authorization HDR_VALUE="Bearer $TOKEN" \
@@ -65,12 +44,12 @@ for c in 1 16 64; do
 done
 # The session era's other requests, and refusals, a few times each.
 for _ in $(seq 50); do
-  curl -s -o /dev/null -H "Authorization: Bearer $TOKEN" -H 'Content-Type: application/json' \
+  curl -s -m 2 -o /dev/null -H "Authorization: Bearer $TOKEN" -H 'Content-Type: application/json' \
     -H 'Accept: application/json, text/event-stream' -H 'MCP-Protocol-Version: 2025-06-18' \
     -d '{"jsonrpc":"2.0","id":1,"method":"tools/list"}' "$URL"
-  curl -s -o /dev/null -H "Authorization: Bearer $TOKEN" -H 'Accept: text/event-stream' "$URL"
-  curl -s -o /dev/null -X DELETE -H "Authorization: Bearer $TOKEN" -H 'Mcp-Session-Id: none' "$URL"
-  curl -s -o /dev/null -H 'Authorization: Bearer sga_unknown' -d '{}' "$URL"
+  curl -s -m 2 -o /dev/null -H "Authorization: Bearer $TOKEN" -H 'Accept: text/event-stream' "$URL"
+  curl -s -m 2 -o /dev/null -X DELETE -H "Authorization: Bearer $TOKEN" -H 'Mcp-Session-Id: none' "$URL"
+  curl -s -m 2 -o /dev/null -H 'Authorization: Bearer sga_unknown' -d '{}' "$URL"
 done
 # A clean stop writes the profile (at exit).
 kill -TERM "$SG_PID"; wait "$SG_PID" || true
