@@ -15,11 +15,9 @@ cd "$(dirname "$0")/.."
 REL=${CARGO_TARGET_DIR:-target}/release
 A=$(realpath "${A:-$REL/scopegate}"); B=$(realpath "${B:-$REL/scopegate}")
 CONC=${CONC:-16}; SECS=${SECS:-2}; ROUNDS=${ROUNDS:-10}
-for tool in wrk; do
-  command -v "$tool" >/dev/null || { [ "$(id -u)" = 0 ] && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; }
-done
-[ -x "$REL/examples/bench_upstream" ] || cargo build --release --locked --example bench_upstream 2>&1 | tail -1
 source bench/common.sh
+need_tools wrk
+[ -x "$REL/examples/bench_upstream" ] || cargo build --release --locked --example bench_upstream 2>&1 | tail -1
 UP=19721
 declare -A PID TOKEN
 $REL/examples/bench_upstream $UP $KEY >/dev/null & pids+=($!)

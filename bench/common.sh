@@ -8,6 +8,17 @@ cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -r
 trap cleanup EXIT
 export SCOPEGATE_PASSPHRASE=${SCOPEGATE_PASSPHRASE:-bench-passphrase-not-secret}
 
+# need_tools COMMAND[:DEBIAN_PACKAGE]...: installs what is missing (as root, with apt-get), or
+# stops saying what is needed.
+need_tools() {
+  local spec
+  for spec; do
+    command -v "${spec%%:*}" >/dev/null && continue
+    [ "$(id -u)" = 0 ] && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${spec#*:}" >/dev/null
+    command -v "${spec%%:*}" >/dev/null || { echo "${spec%%:*} is needed (Debian: ${spec#*:})" >&2; exit 1; }
+  done
+}
+
 # start_gateway BIN DIR PORT UPSTREAM_PORT [LISTENER_THREADS] ["VAR=value ..."]
 # A data folder at DIR (SCOPEGATE_DATA_DIR is left pointing there) whose service `bench` is the
 # upstream on UPSTREAM_PORT behind an API key held by user `bench`; `scopegate serve` on PORT

@@ -15,13 +15,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 REL=${CARGO_TARGET_DIR:-target}/release   # a profiling build may live elsewhere
 DUR=${1:-10}
-for tool in wrk nginx; do
-  command -v "$tool" >/dev/null || { [ "$(id -u)" = 0 ] && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk nginx-light >/dev/null; }
-done
+source bench/common.sh
+need_tools wrk nginx:nginx-light
 # SCOPEGATE_BIN=path benches that build of Scopegate (e.g. scripts/pgo.sh's) instead of this one.
 sg_build=(--bin scopegate); [ -n "${SCOPEGATE_BIN:-}" ] && sg_build=()
 cargo build --release --locked "${sg_build[@]}" --example bench_upstream --example bench_hyper_relay 2>&1 | tail -1
-source bench/common.sh
 UP=19701; NG=19702; GW=19703; HR=19704
 
 $REL/examples/bench_upstream $UP $KEY >/dev/null & pids+=($!)
@@ -49,7 +47,6 @@ nginx -c "$T/nginx.conf" -p "$T" & pids+=($!)
 
 SG=$(realpath "${SCOPEGATE_BIN:-$REL/scopegate}")
 start_gateway "$SG" "$T/data" $GW $UP
-TOKEN=$GW_TOKEN SG_PID=$GW_PID
 sleep 0.5
 # Every worker, as a comma list: CPU and RSS are summed over them.
 NGINX_WORKER=$(pgrep -d, -P "$(cat "$T/nginx.pid")")
@@ -88,17 +85,17 @@ if [ -n "${PERF:-}" ]; then # PERF=1: profile Scopegate at concurrency PERF_CONC
   case ${PERF_SIDE:-scopegate} in # PERF_SIDE=nginx or hyper profiles that proxy instead
     nginx) pp=$NGINX_WORKER url=http://127.0.0.1:$NG/mcp ;;
     hyper) pp=$HR_PID url=http://127.0.0.1:$HR/mcp ;;
-    *) pp=$SG_PID url=http://127.0.0.1:$GW/mcp/bench ;;
+    *) pp=$GW_PID url=http://127.0.0.1:$GW/mcp/bench ;;
   esac
   perf record -F 999 ${PERF_ARGS:--g} -p "$pp" -o "${PERF_OUT:-perf.data}" -- sleep "$DUR" >/dev/null 2>&1 &
   perf_pid=$!
-  HDR_NAME=Authorization HDR_VALUE="Bearer $TOKEN" wrk -t$(( ${PERF_CONC:-16} < 2 ? 1 : 2 )) -c${PERF_CONC:-16} -d${DUR}s -s bench/post.lua "$url" | grep Requests/sec
+  HDR_NAME=Authorization HDR_VALUE="Bearer $GW_TOKEN" wrk -t$(( ${PERF_CONC:-16} < 2 ? 1 : 2 )) -c${PERF_CONC:-16} -d${DUR}s -s bench/post.lua "$url" | grep Requests/sec
   wait "$perf_pid"; exit 0 # (a bare wait would wait for the servers too)
 fi
 if [ -n "${SYSCALLS:-}" ]; then # SYSCALLS=1: system calls and context switches per request, each proxy at c=SYS_CONC (16)
   sc=${SYS_CONC:-16}
   for side in "nginx http://127.0.0.1:$NG/mcp $NGINX_WORKER Bearer-unused" \
-              "scopegate http://127.0.0.1:$GW/mcp/bench $SG_PID Bearer-$TOKEN" \
+              "scopegate http://127.0.0.1:$GW/mcp/bench $GW_PID Bearer-$GW_TOKEN" \
               "hyper http://127.0.0.1:$HR/mcp $HR_PID Bearer-unused"; do
     set -- $side
     perf stat -x, -e raw_syscalls:sys_enter,context-switches -p "$3" -o "$T/stat" -- sleep "$DUR" &
@@ -117,7 +114,7 @@ for round in $(seq "${ROUNDS:-1}"); do
   for c in ${CONCS:-1 16 64}; do
     run direct    $c "http://127.0.0.1:$UP/mcp"       -               X-API-Key     "$KEY"
     run nginx     $c "http://127.0.0.1:$NG/mcp"       "$NGINX_WORKER" Authorization "Bearer unused"
-    run scopegate $c "http://127.0.0.1:$GW/mcp/bench" "$SG_PID"       Authorization "Bearer $TOKEN"
+    run scopegate $c "http://127.0.0.1:$GW/mcp/bench" "$GW_PID"       Authorization "Bearer $GW_TOKEN"
     run hyper     $c "http://127.0.0.1:$HR/mcp"       "$HR_PID"       Authorization "Bearer unused"
   done
 done

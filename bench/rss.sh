@@ -12,6 +12,7 @@ REL=${CARGO_TARGET_DIR:-target}/release   # a profiling build may live elsewhere
 NS=("$@"); [ ${#NS[@]} -eq 0 ] && NS=(1000 1000000)
 cargo build --release --locked --bin scopegate --example bench_upstream --example seed_connections 2>&1 | tail -1
 source bench/common.sh
+need_tools wrk curl bc
 UP=19711; GW=19713
 $REL/examples/bench_upstream $UP $KEY >/dev/null & pids+=($!)
 SG=$REL/scopegate
